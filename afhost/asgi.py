@@ -1,0 +1,23 @@
+"""The one ASGI entry point (daphne, uvicorn): Django, plus a liveness answer before it."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "afhost.settings")
+
+django_application = get_asgi_application()
+
+from afhost.targets import get_target  # noqa: E402 (needs Django set up)
+
+# Fail at start-up, not on the first request, when AFHOST_TARGET cannot be loaded.
+get_target()
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and scope["path"] == "/healthz":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
+        return
+    await django_application(scope, receive, send)

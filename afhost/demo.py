@@ -1,0 +1,85 @@
+"""The built-in demo agent: a real agent_framework Agent over a small offline chat client.
+
+It needs no model or network, answers deterministically, streams word by word, and shows that
+it remembers the conversation by quoting what the user said before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from agent_framework import (
+    Agent,
+    BaseChatClient,
+    ChatMiddlewareLayer,
+    ChatResponse,
+    ChatResponseUpdate,
+    Content,
+    FunctionInvocationLayer,
+    Message,
+)
+from agent_framework.observability import ChatTelemetryLayer
+from django.conf import settings
+
+
+def demo_reply(messages: Sequence[Message]) -> str:
+    """The demo's answer to a conversation: quote the last user turn and the one before it."""
+    user_turns = [m for m in messages if m.role == "user"]
+    if not user_turns:
+        return "Hello! Say something and I will remember it."
+    last = user_turns[-1]
+    parts = [f'You said: "{last.text}".' if last.text else "You sent me no text."]
+    for content in last.contents:
+        if content.type in ("data", "uri") and content.media_type:
+            kind = "an image" if content.media_type.startswith("image/") else "a file"
+            parts.append(f"You attached {kind} ({content.media_type}).")
+    if len(user_turns) > 1:
+        parts.append(f'Before that you said: "{user_turns[-2].text}".')
+    else:
+        parts.append("That is the first thing you told me.")
+    parts.append(f"We have exchanged {len(user_turns)} message(s) so far.")
+    return " ".join(parts)
+
+
+class DemoChatClient(FunctionInvocationLayer, ChatMiddlewareLayer, ChatTelemetryLayer, BaseChatClient):
+    """An offline chat client whose replies come from `demo_reply`."""
+
+    OTEL_PROVIDER_NAME = "afhost-demo"
+
+    def _inner_get_response(
+        self, *, messages: Sequence[Message], stream: bool, options: Mapping[str, Any], **kwargs: Any
+    ):
+        text = demo_reply(messages)
+        usage = {
+            "input_token_count": sum(len(m.text.split()) for m in messages),
+            "output_token_count": len(text.split()),
+        }
+        if stream:
+            return self._build_response_stream(self._stream(text, usage))
+        return self._complete(text, usage)
+
+    async def _complete(self, text: str, usage: dict[str, int]) -> ChatResponse:
+        return ChatResponse(
+            messages=[Message("assistant", [text])], finish_reason="stop", usage_details=usage
+        )
+
+    async def _stream(self, text: str, usage: dict[str, int]) -> AsyncIterator[ChatResponseUpdate]:
+        delay = settings.AFHOST_DEMO_TOKEN_DELAY
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            if delay:
+                await asyncio.sleep(delay)
+            chunk = word if index == len(words) - 1 else word + " "
+            yield ChatResponseUpdate(role="assistant", contents=[Content.from_text(chunk)])
+        yield ChatResponseUpdate(
+            role="assistant", contents=[Content.from_usage(usage)], finish_reason="stop"
+        )
+
+
+agent = Agent(
+    DemoChatClient(),
+    name="afhost-demo",
+    description="Offline demo agent that echoes and remembers what you said.",
+)

@@ -1,0 +1,158 @@
+"""Driving the target: the async half of a run, shared by every channel and the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agent_framework import AgentResponseUpdate, Message
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from afhost import services
+from afhost.models import Run
+from afhost.registry import get_channel
+from afhost.selectors import next_event_sequence, run_progress
+from afhost.targets import get_target
+from afhost.types import HostedRunResult
+
+logger = logging.getLogger(__name__)
+
+AGENT_FAILED = "The agent failed to produce a response."
+
+
+def _run_kwargs(run: Run) -> dict[str, Any]:
+    options: dict[str, Any] = dict(run.options)
+    if run.instructions:
+        options["instructions"] = run.instructions
+    return {"options": options} if options else {}
+
+
+def _failure(run: Run, exc: BaseException) -> HostedRunResult:
+    logger.exception("run %s: the target raised", run.public_id, exc_info=exc)
+    return HostedRunResult.failure(AGENT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+
+
+async def invoke(*, run: Run, messages: list[Message]) -> HostedRunResult:
+    """Run the target to completion; a failure becomes a failed result, never an exception."""
+    target = get_target()
+    try:
+        response = await target.run(messages, stream=False, **_run_kwargs(run))
+    except Exception as exc:
+        return _failure(run, exc)
+    return HostedRunResult.from_response(response)
+
+
+class TargetStream:
+    """Iterating it streams the target's updates; afterwards `result` holds the outcome."""
+
+    def __init__(self, *, run: Run, messages: list[Message]) -> None:
+        self.run = run
+        self.messages = messages
+        self.result: HostedRunResult | None = None
+
+    async def __aiter__(self) -> AsyncIterator[AgentResponseUpdate]:
+        target = get_target()
+        try:
+            stream = target.run(self.messages, stream=True, **_run_kwargs(self.run))
+            async for update in stream:
+                yield update
+            self.result = HostedRunResult.from_response(await stream.get_final_response())
+        except Exception as exc:
+            self.result = _failure(self.run, exc)
+
+
+async def run_blocking(started: services.StartedRun) -> Run:
+    """A foreground run without streaming: run, store, return the finished row."""
+    run = started.run
+    result = await invoke(run=run, messages=started.messages)
+    services.assign_message_ids(result.messages)
+    output_items = get_channel(run.channel).render_output(result.messages)
+    await sync_to_async(services.finish_run)(run=run, result=result, output_items=output_items)
+    return run
+
+
+async def stream_foreground_run(started: services.StartedRun) -> AsyncIterator[list[dict]]:
+    """A foreground streamed run: yields batches of wire events; the run is stored before the last.
+
+    If the client goes away mid-stream, the run is cancelled.
+    """
+    run = started.run
+    renderer = get_channel(run.channel).renderer(run, next_sequence=0)
+    finished = False
+    try:
+        yield renderer.start()
+        stream = TargetStream(run=run, messages=started.messages)
+        async for update in stream:
+            if events := renderer.update(update):
+                yield events
+        events = renderer.finish(stream.result)
+        await sync_to_async(services.finish_run)(
+            run=run, result=stream.result, output_items=renderer.output_items
+        )
+        finished = True
+        yield events
+    finally:
+        if not finished:
+            await sync_to_async(run.cancel)()
+            logger.info("run %s: the client went away; run cancelled", run.public_id)
+
+
+async def drive_background_run(*, run: Run, messages: list[Message]) -> None:
+    """Run a claimed background run in a worker, storing its events if it was streamed.
+
+    A cancel (seen by polling the row) stops the target at once.
+    """
+    renderer = get_channel(run.channel).renderer(
+        run, next_sequence=await sync_to_async(next_event_sequence)(run=run)
+    )
+    save = sync_to_async(services.record_events)
+    if run.is_streamed:
+        await save(run=run, events=renderer.resume())
+    stream = TargetStream(run=run, messages=messages)
+
+    async def consume() -> None:
+        async for update in stream:
+            events = renderer.update(update)
+            if run.is_streamed and events:
+                await save(run=run, events=events)
+
+    task = asyncio.ensure_future(consume())
+    while not task.done():
+        await asyncio.wait({task}, timeout=settings.AFHOST_POLL_INTERVAL)
+        if not task.done() and await _is_cancelled(run):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            logger.info("run %s was cancelled while running", run.public_id)
+            return
+    task.result()
+    events = renderer.finish(stream.result)
+    await sync_to_async(services.finish_run)(
+        run=run,
+        result=stream.result,
+        output_items=renderer.output_items,
+        events=events if run.is_streamed else [],
+    )
+
+
+@sync_to_async
+def _is_cancelled(run: Run) -> bool:
+    return Run.objects.filter(pk=run.pk, status=Run.Status.CANCELLED).exists()
+
+
+
+async def tail_run_events(*, run: Run, after: int) -> AsyncIterator[list[dict]]:
+    """Stored events of a streamed background run after sequence `after`, following it to its end."""
+    while True:
+        status, events = await sync_to_async(run_progress)(run=run, after=after)
+        if events:
+            after = events[-1]["sequence_number"]
+            yield events
+        if status is None or status in Run.TERMINAL_STATUSES:
+            return
+        if not events:
+            await asyncio.sleep(settings.AFHOST_POLL_INTERVAL)

@@ -1,0 +1,240 @@
+"""The host core's rows: API keys, conversations, runs and the events of streamed runs."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class TimestampedModel(models.Model):
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+
+def hash_api_key(raw_key: str) -> str:
+    # Keys are 256-bit random tokens, so a fast digest is enough (no password-style stretching).
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def active(self) -> ApiKeyQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+    def for_raw_key(self, raw_key: str) -> ApiKey | None:
+        return self.active().filter(key_hash=hash_api_key(raw_key)).first()
+
+
+class ApiKey(TimestampedModel):
+    """A named credential for the HTTP channels. Only its hash is stored."""
+
+    PREFIX = "afh_"
+
+    public_id = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
+    name = models.CharField(max_length=100)
+    key_prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to recognise a key.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    is_trusted = models.BooleanField(
+        default=False,
+        help_text="Trusted callers (a backend, the Foundry platform) may name the end user in "
+        "x-agent-user-id / x-agent-user-isolation-key headers.",
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"
+
+    @classmethod
+    def generate_raw_key(cls) -> str:
+        return cls.PREFIX + secrets.token_urlsafe(32)
+
+    def set_key(self, raw_key: str) -> None:
+        self.key_prefix = raw_key[:12]
+        self.key_hash = hash_api_key(raw_key)
+
+    def revoke(self) -> bool:
+        """Revoke the key; False when it already was."""
+        now = timezone.now()
+        updated = ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=now)
+        if updated:
+            self.revoked_at = now
+        return bool(updated)
+
+    revoke.alters_data = True
+
+
+class Conversation(TimestampedModel):
+    """A named thread of runs for one isolation key, e.g. a Responses `conversation` or a chat.
+
+    `head_run` is the latest run; a new run continues from it.
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
+    channel = models.CharField(max_length=32)
+    isolation_key = models.CharField(max_length=300)
+    key = models.CharField(max_length=300, help_text="Channel locator or client-chosen conversation id.")
+    head_run = models.ForeignKey(
+        "Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "isolation_key", "key"], name="afhost_conversation_unique_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} {self.key}"
+
+
+class RunQuerySet(models.QuerySet["Run"]):
+    def visible_to(self, isolation_key: str) -> RunQuerySet:
+        """Runs a caller may see: stored ones of their own isolation key."""
+        return self.filter(isolation_key=isolation_key, is_stored=True)
+
+
+class Run(TimestampedModel):
+    """One invocation of the hosted target. For the Responses API, a Run is a response."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        INCOMPLETE = "incomplete"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.IN_PROGRESS)
+    TERMINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.INCOMPLETE)
+
+    public_id = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
+    channel = models.CharField(max_length=32)
+    isolation_key = models.CharField(max_length=300)
+    conversation = models.ForeignKey(
+        Conversation, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    previous_run = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices)
+    is_background = models.BooleanField(default=False)
+    is_streamed = models.BooleanField(default=False)
+    is_stored = models.BooleanField(default=True)
+    model = models.CharField(max_length=200, blank=True)
+    instructions = models.TextField(blank=True)
+    options = models.JSONField(default=dict, blank=True, help_text="Chat options passed to the target.")
+    metadata = models.JSONField(default=dict, blank=True)
+    attributes = models.JSONField(default=dict, blank=True, help_text="Channel-private request facts.")
+    input_messages = models.JSONField(default=list, blank=True)
+    output_messages = models.JSONField(default=list, blank=True)
+    output_items = models.JSONField(default=list, blank=True, help_text="Output as the channel renders it.")
+    finish_reason = models.CharField(max_length=32, blank=True)
+    usage = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True, help_text="What the client is told went wrong.")
+    error_detail = models.TextField(blank=True, help_text="For operators only: the exception behind a failure.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # Used by the Responses endpoints: every lookup is scoped to the caller's isolation key.
+            models.Index(fields=["isolation_key", "created_at"], name="afhost_run_isolation"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} run {self.public_id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL_STATUSES
+
+    def claim(self) -> bool:
+        """Move a queued run to in_progress; False if another worker or a cancel got there first."""
+        now = timezone.now()
+        updated = Run.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.IN_PROGRESS, started_at=now, updated_at=now
+        )
+        if updated:
+            self.status, self.started_at = self.Status.IN_PROGRESS, now
+        return bool(updated)
+
+    claim.alters_data = True
+
+    def finish(
+        self,
+        *,
+        status: str,
+        output_messages: list[dict],
+        output_items: list[dict],
+        finish_reason: str,
+        usage: dict | None,
+        error: dict | None,
+        error_detail: str = "",
+    ) -> bool:
+        """Record the outcome of an in-progress run; False if it was cancelled meanwhile."""
+        if status not in self.TERMINAL_STATUSES:
+            raise ValueError(f"{status!r} is not a terminal status")
+        now = timezone.now()
+        fields = {
+            "status": status,
+            "output_messages": output_messages,
+            "output_items": output_items,
+            "finish_reason": finish_reason,
+            "usage": usage,
+            "error": error,
+            "error_detail": error_detail,
+            "completed_at": now,
+            "updated_at": now,
+        }
+        updated = Run.objects.filter(pk=self.pk, status=self.Status.IN_PROGRESS).update(**fields)
+        if updated:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return bool(updated)
+
+    finish.alters_data = True
+
+    def cancel(self) -> bool:
+        """Cancel a queued or in-progress run; False if it had already ended."""
+        now = timezone.now()
+        updated = Run.objects.filter(pk=self.pk, status__in=self.ACTIVE_STATUSES).update(
+            status=self.Status.CANCELLED, completed_at=now, updated_at=now
+        )
+        if updated:
+            self.status, self.completed_at = self.Status.CANCELLED, now
+        return bool(updated)
+
+    cancel.alters_data = True
+
+
+class RunEvent(models.Model):
+    """One event of a streamed background run, kept so a client can resume by sequence number."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    sequence_number = models.PositiveIntegerField()
+    data = models.JSONField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "sequence_number"], name="afhost_runevent_unique_sequence"
+            ),
+        ]
+        ordering = ["run", "sequence_number"]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.sequence_number}"

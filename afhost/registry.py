@@ -1,0 +1,56 @@
+"""The host core knows channels only through this registry: channel name -> rendering hooks.
+
+Channels register themselves from their AppConfig.ready(); the core never imports them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from agent_framework import AgentResponseUpdate, Message
+
+    from afhost.models import Run
+    from afhost.types import HostedRunResult
+
+
+class RunRenderer(Protocol):
+    """Turns one run's progress into the channel's wire events (e.g. Responses SSE events)."""
+
+    def start(self) -> list[dict]:
+        """Events announcing the run in its current status (queued or in progress)."""
+
+    def resume(self) -> list[dict]:
+        """Events for a queued run that a worker has started."""
+
+    def update(self, update: AgentResponseUpdate) -> list[dict]:
+        """Events for one streamed update of the target."""
+
+    def finish(self, result: HostedRunResult) -> list[dict]:
+        """Terminal events; afterwards `output_items` holds the rendered output."""
+
+    @property
+    def output_items(self) -> list[dict]: ...
+
+
+class Channel(Protocol):
+    name: str
+
+    def renderer(self, run: Run, *, next_sequence: int) -> RunRenderer: ...
+
+    def render_output(self, messages: list[Message]) -> list[dict]:
+        """The output items of a finished blocking run."""
+
+
+_channels: dict[str, Channel] = {}
+
+
+def register_channel(channel: Channel) -> None:
+    _channels[channel.name] = channel
+
+
+def get_channel(name: str) -> Channel:
+    try:
+        return _channels[name]
+    except KeyError:
+        raise LookupError(f"no channel named {name!r} is registered") from None

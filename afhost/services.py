@@ -1,0 +1,173 @@
+"""Use cases of the host core that write: starting, finishing, cancelling and deleting runs."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from agent_framework import Message
+from asgiref.sync import async_to_sync
+from django.db import transaction
+from django_q.tasks import async_task
+
+from afhost.exceptions import InvalidRunState, RunNotFound
+from afhost.models import ApiKey, Conversation, Run, RunEvent
+from afhost.registry import get_channel
+from afhost.selectors import conversation_history, next_event_sequence
+from afhost.types import ChannelRequest, HostedRunResult
+
+logger = logging.getLogger(__name__)
+
+
+def new_item_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def assign_message_ids(messages: Iterable[Message]) -> None:
+    for message in messages:
+        message.message_id = message.message_id or new_item_id("msg")
+
+
+def _message_dicts(messages: list[Message]) -> list[dict]:
+    assign_message_ids(messages)
+    return [message.to_dict() for message in messages]
+
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    run: Run
+    # What the target is given: the conversation so far, then the new input.
+    messages: list[Message]
+
+
+@transaction.atomic
+def start_run(*, request: ChannelRequest) -> StartedRun:
+    """Record a new run for `request`, continuing its conversation; background runs are queued."""
+    isolation_key = request.identity.isolation_key
+    previous, conversation = None, None
+    if request.previous_run_id is not None:
+        previous = Run.objects.visible_to(isolation_key).filter(public_id=request.previous_run_id).first()
+        if previous is None:
+            raise RunNotFound("previous run not found", param="previous_response_id")
+        if previous.status in Run.ACTIVE_STATUSES:
+            raise InvalidRunState("previous run still in progress", param="previous_response_id")
+    elif request.conversation_key is not None:
+        conversation, _ = Conversation.objects.select_for_update().get_or_create(
+            channel=request.channel, isolation_key=isolation_key, key=request.conversation_key
+        )
+        previous = conversation.head_run
+
+    history = conversation_history(run=previous)
+    run = Run.objects.create(
+        channel=request.channel,
+        isolation_key=isolation_key,
+        conversation=conversation,
+        previous_run=previous,
+        status=Run.Status.QUEUED if request.background else Run.Status.IN_PROGRESS,
+        is_background=request.background,
+        is_streamed=request.stream,
+        is_stored=request.store,
+        model=request.model,
+        instructions=request.instructions,
+        options=dict(request.options),
+        metadata=dict(request.metadata),
+        attributes=dict(request.attributes),
+        input_messages=_message_dicts(request.input),
+    )
+    if conversation is not None:
+        conversation.head_run = run
+        conversation.save(update_fields=["head_run", "updated_at"])
+    if request.background:
+        if request.stream:
+            record_events(run=run, events=get_channel(run.channel).renderer(run, next_sequence=0).start())
+        transaction.on_commit(
+            lambda: async_task(
+                "afhost.tasks.execute_run", run.pk, q_options={"task_name": f"run-{run.public_id}", "group": "runs"}
+            )
+        )
+    return StartedRun(run=run, messages=[*history, *request.input])
+
+
+def record_events(*, run: Run, events: list[dict]) -> None:
+    RunEvent.objects.bulk_create(
+        RunEvent(run=run, sequence_number=event["sequence_number"], data=event) for event in events
+    )
+
+
+@transaction.atomic
+def finish_run(*, run: Run, result: HostedRunResult, output_items: list[dict], events: list[dict] = ()) -> bool:
+    """Store the outcome of an in-progress run (and, for stored streams, its last events).
+
+    Returns False, storing nothing, if the run was cancelled meanwhile.
+    """
+    finished = run.finish(
+        status=result.status,
+        output_messages=_message_dicts(result.messages),
+        output_items=output_items,
+        finish_reason=result.finish_reason,
+        usage=dict(result.usage) if result.usage else None,
+        error=dict(result.error) if result.error else None,
+        error_detail=result.error_detail,
+    )
+    if finished and events:
+        record_events(run=run, events=events)
+    return finished
+
+
+def cancel_run(*, run: Run) -> Run:
+    """Cancel a queued or in-progress background run. Cancelling twice is harmless."""
+    if not run.is_background:
+        raise InvalidRunState("synchronous")
+    if run.status != Run.Status.CANCELLED and not run.cancel():
+        run.refresh_from_db()
+        if run.status != Run.Status.CANCELLED:
+            raise InvalidRunState(run.status)
+    return run
+
+
+def delete_run(*, run: Run) -> None:
+    if run.status in Run.ACTIVE_STATUSES:
+        raise InvalidRunState("in_flight")
+    run.delete()
+
+
+def execute_background_run(*, run_id: int) -> None:
+    """Run a queued background run to its end. Safe to call again for the same run."""
+    from afhost import execution  # the async half; imported here to keep this module sync-only
+
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None:
+        logger.info("run %s was deleted before it started", run_id)
+        return
+    if run.status == Run.Status.IN_PROGRESS:
+        # Only a redelivery finds it here: the worker that claimed it died mid-run.
+        _fail_interrupted_run(run)
+        return
+    if not run.claim():
+        logger.info("run %s is %s, not queued: nothing to do", run.public_id, run.status)
+        return
+    async_to_sync(execution.drive_background_run)(run=run, messages=conversation_history(run=run))
+
+
+def _fail_interrupted_run(run: Run) -> None:
+    result = HostedRunResult.failure("The run was interrupted before it finished.", detail="worker lost")
+    renderer = get_channel(run.channel).renderer(run, next_sequence=next_event_sequence(run=run))
+    events = renderer.finish(result)
+    finish_run(run=run, result=result, output_items=[], events=events if run.is_streamed else [])
+    logger.error("run %s was interrupted (its worker died) and is marked failed", run.public_id)
+
+
+@transaction.atomic
+def create_api_key(*, name: str, is_trusted: bool = False) -> tuple[ApiKey, str]:
+    """Create a key; the raw key is returned once and never stored."""
+    raw_key = ApiKey.generate_raw_key()
+    api_key = ApiKey(name=name, is_trusted=is_trusted)
+    api_key.set_key(raw_key)
+    api_key.save()
+    return api_key, raw_key
+
+
+def revoke_api_keys(*, api_keys: Iterable[ApiKey]) -> int:
+    return sum(api_key.revoke() for api_key in api_keys)

@@ -1,0 +1,149 @@
+"""afhost settings: everything comes from environment variables (see .env.example)."""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from afhost.env import env_bool, env_float, env_int, env_list, env_secret, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = env_secret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off.")
+    SECRET_KEY = secrets.token_urlsafe(50)
+    warnings.warn("SECRET_KEY is unset: using a random key for this DEBUG process.", stacklevel=1)
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "social_django",
+    "django_q",
+    "afhost",
+    "linking",
+    "delivery",
+    "channels_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "afhost.urls"
+ASGI_APPLICATION = "afhost.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: SQLite file by default, DATABASE_URL (e.g. postgres://user:pass@host:5432/name) otherwise.
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Async views hop into a worker thread per request; a pool keeps connections warm there.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 10, minimum=1)}
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process and the worker share the file: WAL plus IMMEDIATE avoids "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("AFHOST_BEHIND_PROXY") else None
+
+# Request bodies (images and files travel inline as data URLs) are capped here.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("AFHOST_MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1024)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- afhost ------------------------------------------------------------------------------------
+
+# The hosted agent: "package.module:attribute" naming an agent_framework Agent or an async callable.
+AFHOST_TARGET = env_str("AFHOST_TARGET", "afhost.demo:agent")
+# A background run that takes longer than this is stopped and marked failed.
+AFHOST_RUN_TIMEOUT = env_int("AFHOST_RUN_TIMEOUT", 600, minimum=5)
+# How often a background run checks whether it was cancelled, and a stream tail polls for events.
+AFHOST_POLL_INTERVAL = env_float("AFHOST_POLL_INTERVAL", 0.1)
+
+# django-q2 on the ORM broker: the database row is the source of truth, the queue only carries ids.
+Q_CLUSTER = {
+    "name": "afhost",
+    "orm": "default",
+    "workers": env_int("AFHOST_WORKERS", 2, minimum=1),
+    "timeout": AFHOST_RUN_TIMEOUT,
+    "retry": AFHOST_RUN_TIMEOUT + 60,
+    # A task that raised is not redelivered: our services record the failure on the row.
+    "ack_failures": True,
+    # A worker that died mid-task gets its task redelivered once; the run then reports the loss.
+    "max_attempts": 2,
+    "poll": env_float("AFHOST_QUEUE_POLL", 0.1),
+    "catch_up": False,
+    "save_limit": 1000,
+    "label": "Task queue",
+}
+# Pause between the demo agent's streamed words (seconds), so streaming is visible in a terminal.
+AFHOST_DEMO_TOKEN_DELAY = env_float("AFHOST_DEMO_TOKEN_DELAY", 0.02)

@@ -1,0 +1,119 @@
+"""Loading the hosted target named by AFHOST_TARGET, and adapting it to one calling convention.
+
+A target is either
+- an agent-framework agent: anything implementing `agent_framework.SupportsAgentRun`
+  (e.g. `agent_framework.Agent`), called with the whole conversation each turn; or
+- a plain async callable `async def answer(messages: list[agent_framework.Message]) -> str`,
+  or an async generator function with the same argument that yields `str` chunks (streamed).
+  `messages` holds the conversation so far, oldest first, ending with the new input; request
+  instructions, when given, come first as a "system" message.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from agent_framework import (
+    AgentResponse,
+    AgentResponseUpdate,
+    Content,
+    Message,
+    ResponseStream,
+    SupportsAgentRun,
+    Workflow,
+)
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+Answer = Callable[[list[Message]], Awaitable[str] | AsyncIterator[str]]
+
+
+class TargetLoadError(ImproperlyConfigured):
+    pass
+
+
+class CallableAgent:
+    """Adapts a plain async callable to the `SupportsAgentRun` shape the host drives."""
+
+    def __init__(self, answer: Answer, *, name: str) -> None:
+        self.answer = answer
+        self.id = self.name = name
+        self.description = answer.__doc__ or ""
+        self._streams = inspect.isasyncgenfunction(answer) or inspect.isasyncgenfunction(
+            getattr(answer, "__call__", None)  # noqa: B004 (an instance with an async generator __call__)
+        )
+
+    def run(
+        self, messages: Sequence[Message], *, stream: bool = False, options: Mapping[str, Any] | None = None
+    ) -> Awaitable[AgentResponse] | ResponseStream[AgentResponseUpdate, AgentResponse]:
+        conversation = list(messages)
+        if options and options.get("instructions"):
+            conversation.insert(0, Message("system", [options["instructions"]]))
+        if stream:
+            return ResponseStream(self._updates(conversation), finalizer=AgentResponse.from_updates)
+        return self._complete(conversation)
+
+    async def _chunks(self, messages: list[Message]) -> AsyncIterator[str]:
+        if self._streams:
+            async for chunk in self.answer(messages):
+                yield _checked_text(chunk)
+        else:
+            yield _checked_text(await self.answer(messages))
+
+    async def _updates(self, messages: list[Message]) -> AsyncIterator[AgentResponseUpdate]:
+        async for chunk in self._chunks(messages):
+            if chunk:
+                yield AgentResponseUpdate(role="assistant", contents=[Content.from_text(chunk)])
+
+    async def _complete(self, messages: list[Message]) -> AgentResponse:
+        text = "".join([chunk async for chunk in self._chunks(messages)])
+        return AgentResponse(messages=[Message("assistant", [text])], finish_reason="stop")
+
+
+def _checked_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"an afhost callable target must produce str, got {type(value).__name__}")
+    return value
+
+
+def load_target(path: str) -> SupportsAgentRun:
+    """Import `module:attribute` and return it as something the host can run."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise TargetLoadError(f"AFHOST_TARGET must look like 'package.module:attribute', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise TargetLoadError(f"AFHOST_TARGET={path!r}: cannot import {module_name!r}: {exc!r}") from exc
+    try:
+        target = functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise TargetLoadError(f"AFHOST_TARGET={path!r}: {module_name!r} has no {attribute!r}") from None
+    if isinstance(target, SupportsAgentRun):
+        return target
+    if isinstance(target, Workflow):
+        raise TargetLoadError(
+            f"AFHOST_TARGET={path!r} is a Workflow; hosting workflows is not supported yet. "
+            "Wrap it with workflow.as_agent() or host an Agent."
+        )
+    call = getattr(target, "__call__", None)  # noqa: B004
+    if callable(target) and (
+        inspect.iscoroutinefunction(target)
+        or inspect.isasyncgenfunction(target)
+        or inspect.iscoroutinefunction(call)
+        or inspect.isasyncgenfunction(call)
+    ):
+        return CallableAgent(target, name=attribute)
+    raise TargetLoadError(
+        f"AFHOST_TARGET={path!r} is a {type(target).__name__}: expected an agent_framework agent "
+        "or an async callable taking a list of messages"
+    )
+
+
+@functools.cache
+def get_target() -> SupportsAgentRun:
+    return load_target(settings.AFHOST_TARGET)

@@ -1,0 +1,101 @@
+"""Typed envelopes that cross the boundary between the wire protocols and the host core."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent_framework import AgentResponse, Message
+
+# Isolation keys partition data; they are never used to build a file path, and are kept to a
+# charset that is safe wherever they end up (logs, cache keys, URLs).
+_ISOLATION_KEY = re.compile(r"[A-Za-z0-9._:@\-]{1,300}")
+
+
+def is_valid_isolation_key(value: str) -> bool:
+    return bool(_ISOLATION_KEY.fullmatch(value))
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelIdentity:
+    """Who is talking, as the channel knows them: Telegram user 42, an API caller, ..."""
+
+    channel: str
+    native_id: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def isolation_key(self) -> str:
+        return f"{self.channel}:{self.native_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRequest:
+    """A request to run the hosted target, parsed from any channel's wire format."""
+
+    channel: str
+    identity: ChannelIdentity
+    input: list[Message]
+    stream: bool = False
+    background: bool = False
+    store: bool = True
+    model: str = ""
+    instructions: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Channel-private facts the core stores but never reads (e.g. the Responses `user` field).
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    # Continue after this run (public id), or in this named conversation; at most one of them.
+    previous_run_id: uuid.UUID | None = None
+    conversation_key: str | None = None
+
+
+# Finish reasons that mean the answer was cut short.
+_INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+@dataclass(frozen=True, slots=True)
+class HostedRunResult:
+    """What a finished run produced, in channel-neutral terms."""
+
+    status: str
+    messages: list[Message]
+    finish_reason: str = ""
+    usage: Mapping[str, int] | None = None
+    # `error` is shown to the client; `error_detail` only to operators.
+    error: Mapping[str, str] | None = None
+    error_detail: str = ""
+
+    @classmethod
+    def from_response(cls, response: AgentResponse) -> HostedRunResult:
+        reason = str(response.finish_reason or "")
+        usage = response.usage_details or {}
+        return cls(
+            status="incomplete" if reason in _INCOMPLETE_REASONS else "completed",
+            messages=list(response.messages),
+            finish_reason=_INCOMPLETE_REASONS.get(reason, reason),
+            usage={
+                "input_tokens": usage.get("input_token_count") or 0,
+                "output_tokens": usage.get("output_token_count") or 0,
+                "total_tokens": usage.get("total_token_count")
+                or (usage.get("input_token_count") or 0) + (usage.get("output_token_count") or 0),
+            }
+            if usage
+            else None,
+        )
+
+    @classmethod
+    def failure(cls, message: str, *, detail: str) -> HostedRunResult:
+        return cls(
+            status="failed",
+            messages=[],
+            error={"code": "server_error", "message": message},
+            error_detail=detail,
+        )
+
+    @property
+    def text(self) -> str:
+        return "\n".join(m.text for m in self.messages if m.role == "assistant" and m.text)

@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class ChannelsAppConfig(AppConfig):
+    name = "channels_app"
+    verbose_name = "Channels"
+
+    def ready(self) -> None:
+        from afhost.registry import register_channel
+        from channels_app.responses.channel import ResponsesChannel
+
+        register_channel(ResponsesChannel())

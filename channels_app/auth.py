@@ -1,0 +1,72 @@
+"""Bearer-key authentication of the HTTP channels, and who the caller speaks for."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from django.http import HttpRequest
+
+from afhost.models import ApiKey, hash_api_key
+from afhost.types import ChannelIdentity
+from channels_app.exceptions import ApiError
+
+# Identity values a trusted caller may send: the Azure agent-server charset, plus "@".
+_HEADER_VALUE = re.compile(r"[A-Za-z0-9._:@\-]{1,256}")
+
+USER_HEADERS = ("x-agent-user-id", "x-agent-user-isolation-key")
+CHAT_HEADER = "x-agent-chat-isolation-key"
+CALL_ID_HEADER = "x-agent-foundry-call-id"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiCaller:
+    api_key: ApiKey
+    identity: ChannelIdentity
+    # A chat partition named by a trusted caller (agent-server protocol 1.0), if any.
+    chat_key: str | None
+    call_id: str | None
+
+
+def _header(request: HttpRequest, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if not _HEADER_VALUE.fullmatch(value):
+        raise ApiError(
+            400,
+            f"Invalid '{name}' header: use 1 to 256 letters, digits or . _ : @ -",
+            param=name,
+            code="invalid_header",
+        )
+    return value
+
+
+async def authenticate(request: HttpRequest) -> ApiCaller:
+    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not raw_key.strip():
+        raise ApiError(
+            401,
+            "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
+            code="missing_api_key",
+        )
+    api_key = await ApiKey.objects.active().filter(key_hash=hash_api_key(raw_key.strip())).afirst()
+    if api_key is None:
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    user_id = next((v for v in (_header(request, h) for h in USER_HEADERS) if v is not None), None)
+    chat_key = _header(request, CHAT_HEADER)
+    if (user_id or chat_key) and not api_key.is_trusted:
+        raise ApiError(
+            403,
+            "This API key may not name end users: identity headers need a trusted key.",
+            type="permission_error",
+            code="untrusted_api_key",
+        )
+    native_id = f"user.{user_id}" if user_id else f"key.{api_key.public_id}"
+    return ApiCaller(
+        api_key=api_key,
+        identity=ChannelIdentity(channel="api", native_id=native_id),
+        chat_key=chat_key,
+        call_id=_header(request, CALL_ID_HEADER),
+    )

@@ -1,0 +1,72 @@
+"""Errors of the wire protocols, answered with OpenAI's error body."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A request we refuse: becomes `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002 (OpenAI's field name)
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JsonResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JsonResponse(body, status=self.status)
+
+
+def not_found(what: str, value: str, *, param: str | None = None) -> ApiError:
+    return ApiError(404, f"{what} with id '{value}' not found.", param=param, code="not_found")
+
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def api_endpoint(*methods: str) -> Callable[[View], View]:
+    """Wrap an async protocol view: method check, and every error as an OpenAI-style body.
+
+    Nothing escapes as an HTML page or a traceback: unexpected exceptions are logged and
+    answered with a JSON 500.
+    """
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            if request.method not in methods:
+                error = ApiError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
+                response = error.response()
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                return await view(request, *args, **kwargs)
+            except ApiError as exc:
+                return exc.response()
+            except RequestDataTooBig:
+                return ApiError(413, "The request body is too large.", code="request_too_large").response()
+            except Exception:
+                logger.exception("unhandled error in %s", view.__name__)
+                return ApiError(
+                    500, "The server had an error while processing your request.", type="server_error"
+                ).response()
+
+        wrapper.csrf_exempt = True  # machine clients authenticate with bearer keys, not cookies
+        return wrapper
+
+    return decorate

@@ -1,0 +1,342 @@
+"""Rendering runs as OpenAI Responses objects and streaming events, with the openai package's types."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from agent_framework import AgentResponseUpdate, Content, Message
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseContentPartAddedEvent,
+    ResponseContentPartDoneEvent,
+    ResponseCreatedEvent,
+    ResponseFailedEvent,
+    ResponseFunctionCallArgumentsDeltaEvent,
+    ResponseFunctionCallArgumentsDoneEvent,
+    ResponseIncompleteEvent,
+    ResponseInProgressEvent,
+    ResponseOutputItemAddedEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseQueuedEvent,
+    ResponseTextDeltaEvent,
+    ResponseTextDoneEvent,
+)
+from openai.types.responses.response_item import ResponseItem
+from pydantic import TypeAdapter
+
+from afhost.models import Run
+from afhost.services import new_item_id
+from afhost.types import HostedRunResult
+from channels_app.responses.schemas import response_id
+
+_TERMINAL_EVENTS = {
+    "completed": ResponseCompletedEvent,
+    "incomplete": ResponseIncompleteEvent,
+    "failed": ResponseFailedEvent,
+}
+_response_items = TypeAdapter(list[ResponseItem])
+
+
+def _dump(model: Any) -> dict:
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+def response_object(
+    run: Run,
+    *,
+    status: str | None = None,
+    output: list[dict] | None = None,
+    result: HostedRunResult | None = None,
+) -> dict:
+    """The run as an OpenAI `Response`; a stream renders it mid-run with `status`, `output`, `result`."""
+    status = status or run.status
+    usage, error, finish_reason = run.usage, run.error, run.finish_reason
+    completed_at = run.completed_at.timestamp() if run.completed_at else None
+    if result is not None:
+        usage, error, finish_reason = result.usage, result.error, result.finish_reason
+        completed_at = time.time()
+    attributes = run.attributes
+    return _dump(
+        Response(
+            id=response_id(run.public_id),
+            object="response",
+            created_at=int(run.created_at.timestamp()),
+            completed_at=int(completed_at) if completed_at and status in Run.TERMINAL_STATUSES else None,
+            status=status,
+            background=run.is_background,
+            model=run.model or "afhost",
+            instructions=run.instructions or None,
+            metadata=run.metadata,
+            output=run.output_items if output is None else output,
+            parallel_tool_calls=False,
+            tool_choice="auto",
+            tools=[],
+            temperature=run.options.get("temperature"),
+            top_p=run.options.get("top_p"),
+            max_output_tokens=run.options.get("max_tokens"),
+            previous_response_id=attributes.get("previous_response_id"),
+            conversation={"id": attributes["conversation"]} if attributes.get("conversation") else None,
+            user=attributes.get("user"),
+            safety_identifier=attributes.get("safety_identifier"),
+            store=run.is_stored,
+            usage=_usage(usage) if usage and status in Run.TERMINAL_STATUSES else None,
+            error=error if status == Run.Status.FAILED else None,
+            incomplete_details={"reason": finish_reason}
+            if status == Run.Status.INCOMPLETE and finish_reason
+            else None,
+        )
+    )
+
+
+def _usage(usage: dict) -> dict:
+    return {
+        "input_tokens": usage.get("input_tokens", 0),
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": usage.get("output_tokens", 0),
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.get("total_tokens", 0),
+    }
+
+
+def _text_part(text: str) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict:
+    content = [_text_part(text)] if status != "in_progress" else []
+    return {"type": "message", "id": item_id, "role": "assistant", "status": status, "content": content}
+
+
+def _function_call_item(item_id: str, content: Content, arguments: str, status: str) -> dict:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": content.call_id,
+        "name": content.name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def _arguments(content: Content) -> str:
+    arguments = content.arguments
+    if arguments is None:
+        return ""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def _result_text(content: Content) -> str:
+    result = content.result
+    if result is None:
+        return content.exception or ""
+    return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
+def _function_output_item(item_id: str, content: Content) -> dict:
+    return {
+        "type": "function_call_output",
+        "id": item_id,
+        "call_id": content.call_id,
+        "output": _result_text(content),
+        "status": "completed",
+    }
+
+
+def output_items(messages: Iterable[Message]) -> list[dict]:
+    """Output items of a finished run: consecutive texts of a message form one message item."""
+    items: list[dict] = []
+    for message in messages:
+        texts: list[str] = []
+        count = 0
+
+        def flush(message: Message = message) -> None:
+            nonlocal count
+            if texts:
+                suffix = f"_{count}" if count else ""
+                items.append(_message_item(f"{message.message_id}{suffix}", "".join(texts), "completed"))
+                texts.clear()
+                count += 1
+
+        for content in message.contents:
+            if content.type == "text":
+                texts.append(content.text or "")
+            elif content.type == "function_call":
+                flush()
+                items.append(_function_call_item(new_item_id("fc"), content, _arguments(content), "completed"))
+            elif content.type == "function_result":
+                flush()
+                items.append(_function_output_item(new_item_id("fco"), content))
+        flush()
+    return items
+
+
+def _input_part(content: Content) -> dict | None:
+    if content.type == "text":
+        return {"type": "input_text", "text": content.text or ""}
+    if content.type in ("data", "uri"):
+        url = content.uri or ""
+        if (content.media_type or "").startswith("image/"):
+            return {"type": "input_image", "image_url": url, "detail": "auto"}
+        if url.startswith("data:"):
+            return {"type": "input_file", "file_data": url.split(",", 1)[1], "filename": content.name}
+        return {"type": "input_file", "file_url": url}
+    return None
+
+
+def input_items(message_dicts: list[dict]) -> list[dict]:
+    """The input of a run as Responses input items (for /input_items), oldest first."""
+    items: list[dict] = []
+    for message in map(Message.from_dict, message_dicts):
+        if message.role == "tool":
+            items.extend(_function_output_item(f"{message.message_id}_{i}", c) for i, c in enumerate(message.contents))
+        elif message.role == "assistant":
+            items.extend(output_items([message]))
+        else:
+            parts = [part for part in map(_input_part, message.contents) if part is not None]
+            items.append(
+                {"type": "message", "id": message.message_id, "role": message.role, "status": "completed",
+                 "content": parts}  # fmt: skip
+            )
+    return _response_items.dump_python(_response_items.validate_python(items), mode="json", exclude_none=True)
+
+
+class ResponsesRenderer:
+    """Streams one run as the standard Responses event sequence, numbering events from `next_sequence`."""
+
+    def __init__(self, run: Run, *, next_sequence: int) -> None:
+        self.run = run
+        self.sequence = next_sequence
+        self.items: list[dict] = []
+        self._open: dict | None = None  # the item still receiving deltas
+        self._text: list[str] = []
+        self._arguments: list[str] = []
+        self._call: Content | None = None
+
+    @property
+    def output_items(self) -> list[dict]:
+        return self.items
+
+    def _event(self, event_type: type, **fields: Any) -> dict:
+        event = _dump(event_type(type=_type_of(event_type), sequence_number=self.sequence, **fields))
+        self.sequence += 1
+        return event
+
+    def _lifecycle(self, event_type: type, status: str, result: HostedRunResult | None = None) -> dict:
+        response = response_object(self.run, status=status, output=list(self.items), result=result)
+        return self._event(event_type, response=response)
+
+    def start(self) -> list[dict]:
+        if self.run.status == Run.Status.QUEUED:
+            return [
+                self._lifecycle(ResponseCreatedEvent, "queued"),
+                self._lifecycle(ResponseQueuedEvent, "queued"),
+            ]
+        return [
+            self._lifecycle(ResponseCreatedEvent, "in_progress"),
+            self._lifecycle(ResponseInProgressEvent, "in_progress"),
+        ]
+
+    def resume(self) -> list[dict]:
+        return [self._lifecycle(ResponseInProgressEvent, "in_progress")]
+
+    def update(self, update: AgentResponseUpdate) -> list[dict]:
+        events: list[dict] = []
+        for content in update.contents:
+            if content.type == "text" and content.text:
+                events += self._text_delta(content.text)
+            elif content.type == "function_call":
+                events += self._call_delta(content)
+            elif content.type == "function_result":
+                events += self._close()
+                events += self._whole_item(_function_output_item(new_item_id("fco"), content))
+        return events
+
+    def _index(self) -> int:
+        return len(self.items)
+
+    def _text_delta(self, delta: str) -> list[dict]:
+        events: list[dict] = []
+        if self._open is None or self._open["type"] != "message":
+            events += self._close()
+            self._open = _message_item(new_item_id("msg"), "", "in_progress")
+            events.append(self._event(ResponseOutputItemAddedEvent, output_index=self._index(), item=self._open))
+            events.append(self._event(ResponseContentPartAddedEvent, item_id=self._open["id"],
+                                      output_index=self._index(), content_index=0, part=_text_part("")))  # fmt: skip
+        self._text.append(delta)
+        events.append(self._event(ResponseTextDeltaEvent, item_id=self._open["id"], output_index=self._index(),
+                                  content_index=0, delta=delta, logprobs=[]))  # fmt: skip
+        return events
+
+    def _call_delta(self, content: Content) -> list[dict]:
+        events: list[dict] = []
+        same_call = self._call is not None and content.call_id in (None, self._call.call_id)
+        if self._open is None or self._open["type"] != "function_call" or not same_call:
+            events += self._close()
+            self._call = content
+            self._open = _function_call_item(new_item_id("fc"), content, "", "in_progress")
+            events.append(self._event(ResponseOutputItemAddedEvent, output_index=self._index(), item=self._open))
+        if delta := _arguments(content):
+            self._arguments.append(delta)
+            events.append(self._event(ResponseFunctionCallArgumentsDeltaEvent, item_id=self._open["id"],
+                                      output_index=self._index(), delta=delta))  # fmt: skip
+        return events
+
+    def _whole_item(self, item: dict) -> list[dict]:
+        events = [
+            self._event(ResponseOutputItemAddedEvent, output_index=self._index(), item=item),
+            self._event(ResponseOutputItemDoneEvent, output_index=self._index(), item=item),
+        ]
+        self.items.append(item)
+        return events
+
+    def _close(self) -> list[dict]:
+        """Finish the open item, if any."""
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        index = self._index()
+        if item["type"] == "message":
+            text = "".join(self._text)
+            self._text.clear()
+            item = _message_item(item["id"], text, "completed")
+            events = [
+                self._event(ResponseTextDoneEvent, item_id=item["id"], output_index=index, content_index=0,
+                            text=text, logprobs=[]),
+                self._event(ResponseContentPartDoneEvent, item_id=item["id"], output_index=index,
+                            content_index=0, part=_text_part(text)),
+            ]  # fmt: skip
+        else:
+            arguments = "".join(self._arguments)
+            self._arguments.clear()
+            item = _function_call_item(item["id"], self._call, arguments, "completed")
+            events = [
+                self._event(ResponseFunctionCallArgumentsDoneEvent, item_id=item["id"], output_index=index,
+                            arguments=arguments, name=item["name"]),
+            ]  # fmt: skip
+        events.append(self._event(ResponseOutputItemDoneEvent, output_index=index, item=item))
+        self.items.append(item)
+        return events
+
+    def finish(self, result: HostedRunResult) -> list[dict]:
+        events = self._close()
+        if not self.items and result.status != "failed":
+            for item in output_items(result.messages):
+                events += self._whole_item(item)
+        events.append(self._lifecycle(_TERMINAL_EVENTS[result.status], result.status, result))
+        return events
+
+
+@functools.cache
+def _type_of(event_type: type) -> str:
+    return event_type.model_fields["type"].annotation.__args__[0]
+
+
+def sse(events: Iterable[dict]) -> str:
+    return "".join(
+        f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n" for event in events
+    )
