@@ -36,7 +36,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return
         api_key, raw_key = create_api_key(name=obj.name, is_trusted=obj.is_trusted)
         obj.pk, obj.public_id = api_key.pk, api_key.public_id
-        self.message_user(request, f"New API key for {api_key.name!r}: {raw_key} — copy it now, it is not shown again.")
+        self.message_user(
+            request,
+            f"New API key for {api_key.name!r}: {raw_key} — copy it now, it is not shown again.",
+        )
 
     @admin.action(description="Revoke selected API keys")
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
@@ -62,7 +65,14 @@ class HasErrorFilter(admin.SimpleListFilter):
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
-    list_display = ("public_id", "channel", "status_badge", "is_background", "isolation_key", "created_at")
+    list_display = (
+        "public_id",
+        "channel",
+        "status_badge",
+        "is_background",
+        "isolation_key",
+        "created_at",
+    )
     list_filter = ("status", "channel", "is_background", HasErrorFilter)
     search_fields = ("public_id", "isolation_key")
     raw_id_fields = ("conversation", "previous_run")
@@ -71,7 +81,9 @@ class RunAdmin(admin.ModelAdmin):
     readonly_fields = [field.name for field in Run._meta.fields]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Run]:
-        return super().get_queryset(request).defer("input_messages", "output_messages", "output_items")
+        return (
+            super().get_queryset(request).defer("input_messages", "output_messages", "output_items")
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -91,7 +103,15 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ("channel",)
     search_fields = ("public_id", "key", "isolation_key")
     raw_id_fields = ("head_run",)
-    readonly_fields = ("public_id", "channel", "isolation_key", "key", "head_run", "created_at", "updated_at")
+    readonly_fields = (
+        "public_id",
+        "channel",
+        "isolation_key",
+        "key",
+        "head_run",
+        "created_at",
+        "updated_at",
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -16,8 +16,13 @@ get_target()
 
 async def application(scope, receive, send):
     if scope["type"] == "http" and scope["path"] == "/healthz":
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
         return
     await django_application(scope, receive, send)

@@ -12,5 +12,9 @@ def check_target(app_configs, **kwargs) -> list[Error]:
     try:
         get_target()
     except TargetLoadError as exc:
-        return [Error(str(exc), hint="Set AFHOST_TARGET to 'package.module:attribute'.", id="afhost.E001")]
+        return [
+            Error(
+                str(exc), hint="Set AFHOST_TARGET to 'package.module:attribute'.", id="afhost.E001"
+            )
+        ]
     return []

@@ -43,13 +43,20 @@ def demo_reply(messages: Sequence[Message]) -> str:
     return " ".join(parts)
 
 
-class DemoChatClient(FunctionInvocationLayer, ChatMiddlewareLayer, ChatTelemetryLayer, BaseChatClient):
+class DemoChatClient(
+    FunctionInvocationLayer, ChatMiddlewareLayer, ChatTelemetryLayer, BaseChatClient
+):
     """An offline chat client whose replies come from `demo_reply`."""
 
     OTEL_PROVIDER_NAME = "afhost-demo"
 
     def _inner_get_response(
-        self, *, messages: Sequence[Message], stream: bool, options: Mapping[str, Any], **kwargs: Any
+        self,
+        *,
+        messages: Sequence[Message],
+        stream: bool,
+        options: Mapping[str, Any],
+        **kwargs: Any,
     ):
         text = demo_reply(messages)
         usage = {

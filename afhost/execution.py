@@ -144,9 +144,8 @@ def _is_cancelled(run: Run) -> bool:
     return Run.objects.filter(pk=run.pk, status=Run.Status.CANCELLED).exists()
 
 
-
 async def tail_run_events(*, run: Run, after: int) -> AsyncIterator[list[dict]]:
-    """Stored events of a streamed background run after sequence `after`, following it to its end."""
+    """Stored events of a streamed background run after `after`, following the run to its end."""
     while True:
         status, events = await sync_to_async(run_progress)(run=run, after=after)
         if events:

@@ -38,7 +38,9 @@ class ApiKey(TimestampedModel):
 
     public_id = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
     name = models.CharField(max_length=100)
-    key_prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to recognise a key.")
+    key_prefix = models.CharField(
+        max_length=12, editable=False, help_text="First characters, to recognise a key."
+    )
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     is_trusted = models.BooleanField(
         default=False,
@@ -83,7 +85,9 @@ class Conversation(TimestampedModel):
     public_id = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
     channel = models.CharField(max_length=32)
     isolation_key = models.CharField(max_length=300)
-    key = models.CharField(max_length=300, help_text="Channel locator or client-chosen conversation id.")
+    key = models.CharField(
+        max_length=300, help_text="Channel locator or client-chosen conversation id."
+    )
     head_run = models.ForeignKey(
         "Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -134,16 +138,24 @@ class Run(TimestampedModel):
     is_stored = models.BooleanField(default=True)
     model = models.CharField(max_length=200, blank=True)
     instructions = models.TextField(blank=True)
-    options = models.JSONField(default=dict, blank=True, help_text="Chat options passed to the target.")
+    options = models.JSONField(
+        default=dict, blank=True, help_text="Chat options passed to the target."
+    )
     metadata = models.JSONField(default=dict, blank=True)
-    attributes = models.JSONField(default=dict, blank=True, help_text="Channel-private request facts.")
+    attributes = models.JSONField(
+        default=dict, blank=True, help_text="Channel-private request facts."
+    )
     input_messages = models.JSONField(default=list, blank=True)
     output_messages = models.JSONField(default=list, blank=True)
-    output_items = models.JSONField(default=list, blank=True, help_text="Output as the channel renders it.")
+    output_items = models.JSONField(
+        default=list, blank=True, help_text="Output as the channel renders it."
+    )
     finish_reason = models.CharField(max_length=32, blank=True)
     usage = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True, help_text="What the client is told went wrong.")
-    error_detail = models.TextField(blank=True, help_text="For operators only: the exception behind a failure.")
+    error_detail = models.TextField(
+        blank=True, help_text="For operators only: the exception behind a failure."
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 

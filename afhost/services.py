@@ -48,7 +48,9 @@ def start_run(*, request: ChannelRequest) -> StartedRun:
     isolation_key = request.identity.isolation_key
     previous, conversation = None, None
     if request.previous_run_id is not None:
-        previous = Run.objects.visible_to(isolation_key).filter(public_id=request.previous_run_id).first()
+        previous = (
+            Run.objects.visible_to(isolation_key).filter(public_id=request.previous_run_id).first()
+        )
         if previous is None:
             raise RunNotFound("previous run not found", param="previous_response_id")
         if previous.status in Run.ACTIVE_STATUSES:
@@ -81,10 +83,14 @@ def start_run(*, request: ChannelRequest) -> StartedRun:
         conversation.save(update_fields=["head_run", "updated_at"])
     if request.background:
         if request.stream:
-            record_events(run=run, events=get_channel(run.channel).renderer(run, next_sequence=0).start())
+            record_events(
+                run=run, events=get_channel(run.channel).renderer(run, next_sequence=0).start()
+            )
         transaction.on_commit(
             lambda: async_task(
-                "afhost.tasks.execute_run", run.pk, q_options={"task_name": f"run-{run.public_id}", "group": "runs"}
+                "afhost.tasks.execute_run",
+                run.pk,
+                q_options={"task_name": f"run-{run.public_id}", "group": "runs"},
             )
         )
     return StartedRun(run=run, messages=[*history, *request.input])
@@ -97,7 +103,9 @@ def record_events(*, run: Run, events: list[dict]) -> None:
 
 
 @transaction.atomic
-def finish_run(*, run: Run, result: HostedRunResult, output_items: list[dict], events: list[dict] = ()) -> bool:
+def finish_run(
+    *, run: Run, result: HostedRunResult, output_items: list[dict], events: list[dict] = ()
+) -> bool:
     """Store the outcome of an in-progress run (and, for stored streams, its last events).
 
     Returns False, storing nothing, if the run was cancelled meanwhile.
@@ -152,7 +160,9 @@ def execute_background_run(*, run_id: int) -> None:
 
 
 def _fail_interrupted_run(run: Run) -> None:
-    result = HostedRunResult.failure("The run was interrupted before it finished.", detail="worker lost")
+    result = HostedRunResult.failure(
+        "The run was interrupted before it finished.", detail="worker lost"
+    )
     renderer = get_channel(run.channel).renderer(run, next_sequence=next_event_sequence(run=run))
     events = renderer.finish(result)
     finish_run(run=run, result=result, output_items=[], events=events if run.is_streamed else [])

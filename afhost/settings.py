@@ -71,7 +71,7 @@ TEMPLATES = [
     },
 ]
 
-# Database: SQLite file by default, DATABASE_URL (e.g. postgres://user:pass@host:5432/name) otherwise.
+# Database: a SQLite file by default; DATABASE_URL (postgres://user:pass@host:5432/name) otherwise.
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
@@ -107,7 +107,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("AFHOST_BEHIND_PROXY") else None
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("AFHOST_BEHIND_PROXY") else None
+)
 
 # Request bodies (images and files travel inline as data URLs) are capped here.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("AFHOST_MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1024)

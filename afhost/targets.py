@@ -48,7 +48,11 @@ class CallableAgent:
         )
 
     def run(
-        self, messages: Sequence[Message], *, stream: bool = False, options: Mapping[str, Any] | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        stream: bool = False,
+        options: Mapping[str, Any] | None = None,
     ) -> Awaitable[AgentResponse] | ResponseStream[AgentResponseUpdate, AgentResponse]:
         conversation = list(messages)
         if options and options.get("instructions"):
@@ -84,15 +88,21 @@ def load_target(path: str) -> SupportsAgentRun:
     """Import `module:attribute` and return it as something the host can run."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
-        raise TargetLoadError(f"AFHOST_TARGET must look like 'package.module:attribute', got {path!r}")
+        raise TargetLoadError(
+            f"AFHOST_TARGET must look like 'package.module:attribute', got {path!r}"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise TargetLoadError(f"AFHOST_TARGET={path!r}: cannot import {module_name!r}: {exc!r}") from exc
+        raise TargetLoadError(
+            f"AFHOST_TARGET={path!r}: cannot import {module_name!r}: {exc!r}"
+        ) from exc
     try:
         target = functools.reduce(getattr, attribute.split("."), module)
     except AttributeError:
-        raise TargetLoadError(f"AFHOST_TARGET={path!r}: {module_name!r} has no {attribute!r}") from None
+        raise TargetLoadError(
+            f"AFHOST_TARGET={path!r}: {module_name!r} has no {attribute!r}"
+        ) from None
     if isinstance(target, SupportsAgentRun):
         return target
     if isinstance(target, Workflow):

@@ -1,4 +1,7 @@
-"""Readiness endpoints for orchestrators and Azure AI Foundry (liveness, /healthz, is in asgi.py)."""
+"""Readiness endpoints for orchestrators and Azure AI Foundry.
+
+Liveness (/healthz) is answered in asgi.py, before Django.
+"""
 
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ async def authenticate(request: HttpRequest) -> ApiCaller:
     if scheme.lower() != "bearer" or not raw_key.strip():
         raise ApiError(
             401,
-            "You didn't provide an API key. Send it in the Authorization header as 'Bearer YOUR_KEY'.",
+            "You didn't provide an API key. "
+            "Send it in the Authorization header as 'Bearer YOUR_KEY'.",
             code="missing_api_key",
         )
     api_key = await ApiKey.objects.active().filter(key_hash=hash_api_key(raw_key.strip())).afirst()

@@ -25,10 +25,23 @@ class ApiError(Exception):
         code: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type,
+            param,
+            code,
+        )
 
     def response(self) -> JsonResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        body = {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
         return JsonResponse(body, status=self.status)
 
 
@@ -50,7 +63,9 @@ def api_endpoint(*methods: str) -> Callable[[View], View]:
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
             if request.method not in methods:
-                error = ApiError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
+                error = ApiError(
+                    405, f"Method {request.method} is not allowed here.", code="method_not_allowed"
+                )
                 response = error.response()
                 response["Allow"] = ", ".join(methods)
                 return response
@@ -59,11 +74,15 @@ def api_endpoint(*methods: str) -> Callable[[View], View]:
             except ApiError as exc:
                 return exc.response()
             except RequestDataTooBig:
-                return ApiError(413, "The request body is too large.", code="request_too_large").response()
+                return ApiError(
+                    413, "The request body is too large.", code="request_too_large"
+                ).response()
             except Exception:
                 logger.exception("unhandled error in %s", view.__name__)
                 return ApiError(
-                    500, "The server had an error while processing your request.", type="server_error"
+                    500,
+                    "The server had an error while processing your request.",
+                    type="server_error",
                 ).response()
 
         wrapper.csrf_exempt = True  # machine clients authenticate with bearer keys, not cookies

@@ -1,4 +1,4 @@
-"""Rendering runs as OpenAI Responses objects and streaming events, with the openai package's types."""
+"""Runs as OpenAI Responses objects and streaming events, built with the openai package's types."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def response_object(
     output: list[dict] | None = None,
     result: HostedRunResult | None = None,
 ) -> dict:
-    """The run as an OpenAI `Response`; a stream renders it mid-run with `status`, `output`, `result`."""
+    """The run as an OpenAI `Response`; streams render it mid-run with the keyword overrides."""
     status = status or run.status
     usage, error, finish_reason = run.usage, run.error, run.finish_reason
     completed_at = run.completed_at.timestamp() if run.completed_at else None
@@ -66,7 +66,9 @@ def response_object(
             id=response_id(run.public_id),
             object="response",
             created_at=int(run.created_at.timestamp()),
-            completed_at=int(completed_at) if completed_at and status in Run.TERMINAL_STATUSES else None,
+            completed_at=int(completed_at)
+            if completed_at and status in Run.TERMINAL_STATUSES
+            else None,
             status=status,
             background=run.is_background,
             model=run.model or "afhost",
@@ -80,7 +82,9 @@ def response_object(
             top_p=run.options.get("top_p"),
             max_output_tokens=run.options.get("max_tokens"),
             previous_response_id=attributes.get("previous_response_id"),
-            conversation={"id": attributes["conversation"]} if attributes.get("conversation") else None,
+            conversation={"id": attributes["conversation"]}
+            if attributes.get("conversation")
+            else None,
             user=attributes.get("user"),
             safety_identifier=attributes.get("safety_identifier"),
             store=run.is_stored,
@@ -109,7 +113,13 @@ def _text_part(text: str) -> dict:
 
 def _message_item(item_id: str, text: str, status: str) -> dict:
     content = [_text_part(text)] if status != "in_progress" else []
-    return {"type": "message", "id": item_id, "role": "assistant", "status": status, "content": content}
+    return {
+        "type": "message",
+        "id": item_id,
+        "role": "assistant",
+        "status": status,
+        "content": content,
+    }
 
 
 def _function_call_item(item_id: str, content: Content, arguments: str, status: str) -> dict:
@@ -147,32 +157,32 @@ def _function_output_item(item_id: str, content: Content) -> dict:
     }
 
 
-def output_items(messages: Iterable[Message]) -> list[dict]:
-    """Output items of a finished run: consecutive texts of a message form one message item."""
+def _message_items(message: Message) -> list[dict]:
+    """Items of one finished message: each run of consecutive texts becomes one message item."""
     items: list[dict] = []
-    for message in messages:
-        texts: list[str] = []
-        count = 0
-
-        def flush(message: Message = message) -> None:
-            nonlocal count
-            if texts:
-                suffix = f"_{count}" if count else ""
-                items.append(_message_item(f"{message.message_id}{suffix}", "".join(texts), "completed"))
-                texts.clear()
-                count += 1
-
-        for content in message.contents:
-            if content.type == "text":
-                texts.append(content.text or "")
-            elif content.type == "function_call":
-                flush()
-                items.append(_function_call_item(new_item_id("fc"), content, _arguments(content), "completed"))
-            elif content.type == "function_result":
-                flush()
-                items.append(_function_output_item(new_item_id("fco"), content))
-        flush()
+    texts: list[str] = []
+    for content in [*message.contents, None]:
+        if content is not None and content.type == "text":
+            texts.append(content.text or "")
+            continue
+        if texts:
+            count = sum(item["type"] == "message" for item in items)
+            item_id = f"{message.message_id}_{count}" if count else str(message.message_id)
+            items.append(_message_item(item_id, "".join(texts), "completed"))
+            texts = []
+        if content is None:
+            break
+        if content.type == "function_call":
+            item_id = new_item_id("fc")
+            items.append(_function_call_item(item_id, content, _arguments(content), "completed"))
+        elif content.type == "function_result":
+            items.append(_function_output_item(new_item_id("fco"), content))
     return items
+
+
+def output_items(messages: Iterable[Message]) -> list[dict]:
+    """Output items of a finished run, in order."""
+    return [item for message in messages for item in _message_items(message)]
 
 
 def _input_part(content: Content) -> dict | None:
@@ -183,7 +193,11 @@ def _input_part(content: Content) -> dict | None:
         if (content.media_type or "").startswith("image/"):
             return {"type": "input_image", "image_url": url, "detail": "auto"}
         if url.startswith("data:"):
-            return {"type": "input_file", "file_data": url.split(",", 1)[1], "filename": content.name}
+            return {
+                "type": "input_file",
+                "file_data": url.split(",", 1)[1],
+                "filename": content.name,
+            }
         return {"type": "input_file", "file_url": url}
     return None
 
@@ -193,20 +207,30 @@ def input_items(message_dicts: list[dict]) -> list[dict]:
     items: list[dict] = []
     for message in map(Message.from_dict, message_dicts):
         if message.role == "tool":
-            items.extend(_function_output_item(f"{message.message_id}_{i}", c) for i, c in enumerate(message.contents))
+            items.extend(
+                _function_output_item(f"{message.message_id}_{i}", c)
+                for i, c in enumerate(message.contents)
+            )
         elif message.role == "assistant":
             items.extend(output_items([message]))
         else:
             parts = [part for part in map(_input_part, message.contents) if part is not None]
             items.append(
-                {"type": "message", "id": message.message_id, "role": message.role, "status": "completed",
-                 "content": parts}  # fmt: skip
+                {
+                    "type": "message",
+                    "id": message.message_id,
+                    "role": message.role,
+                    "status": "completed",
+                    "content": parts,
+                }
             )
-    return _response_items.dump_python(_response_items.validate_python(items), mode="json", exclude_none=True)
+    return _response_items.dump_python(
+        _response_items.validate_python(items), mode="json", exclude_none=True
+    )
 
 
 class ResponsesRenderer:
-    """Streams one run as the standard Responses event sequence, numbering events from `next_sequence`."""
+    """Streams one run as the standard Responses event sequence, numbered from `next_sequence`."""
 
     def __init__(self, run: Run, *, next_sequence: int) -> None:
         self.run = run
@@ -222,11 +246,15 @@ class ResponsesRenderer:
         return self.items
 
     def _event(self, event_type: type, **fields: Any) -> dict:
-        event = _dump(event_type(type=_type_of(event_type), sequence_number=self.sequence, **fields))
+        event = _dump(
+            event_type(type=_type_of(event_type), sequence_number=self.sequence, **fields)
+        )
         self.sequence += 1
         return event
 
-    def _lifecycle(self, event_type: type, status: str, result: HostedRunResult | None = None) -> dict:
+    def _lifecycle(
+        self, event_type: type, status: str, result: HostedRunResult | None = None
+    ) -> dict:
         response = response_object(self.run, status=status, output=list(self.items), result=result)
         return self._event(event_type, response=response)
 
@@ -264,12 +292,31 @@ class ResponsesRenderer:
         if self._open is None or self._open["type"] != "message":
             events += self._close()
             self._open = _message_item(new_item_id("msg"), "", "in_progress")
-            events.append(self._event(ResponseOutputItemAddedEvent, output_index=self._index(), item=self._open))
-            events.append(self._event(ResponseContentPartAddedEvent, item_id=self._open["id"],
-                                      output_index=self._index(), content_index=0, part=_text_part("")))  # fmt: skip
+            events.append(
+                self._event(
+                    ResponseOutputItemAddedEvent, output_index=self._index(), item=self._open
+                )
+            )
+            events.append(
+                self._event(
+                    ResponseContentPartAddedEvent,
+                    item_id=self._open["id"],
+                    output_index=self._index(),
+                    content_index=0,
+                    part=_text_part(""),
+                )
+            )
         self._text.append(delta)
-        events.append(self._event(ResponseTextDeltaEvent, item_id=self._open["id"], output_index=self._index(),
-                                  content_index=0, delta=delta, logprobs=[]))  # fmt: skip
+        events.append(
+            self._event(
+                ResponseTextDeltaEvent,
+                item_id=self._open["id"],
+                output_index=self._index(),
+                content_index=0,
+                delta=delta,
+                logprobs=[],
+            )
+        )
         return events
 
     def _call_delta(self, content: Content) -> list[dict]:
@@ -279,11 +326,21 @@ class ResponsesRenderer:
             events += self._close()
             self._call = content
             self._open = _function_call_item(new_item_id("fc"), content, "", "in_progress")
-            events.append(self._event(ResponseOutputItemAddedEvent, output_index=self._index(), item=self._open))
+            events.append(
+                self._event(
+                    ResponseOutputItemAddedEvent, output_index=self._index(), item=self._open
+                )
+            )
         if delta := _arguments(content):
             self._arguments.append(delta)
-            events.append(self._event(ResponseFunctionCallArgumentsDeltaEvent, item_id=self._open["id"],
-                                      output_index=self._index(), delta=delta))  # fmt: skip
+            events.append(
+                self._event(
+                    ResponseFunctionCallArgumentsDeltaEvent,
+                    item_id=self._open["id"],
+                    output_index=self._index(),
+                    delta=delta,
+                )
+            )
         return events
 
     def _whole_item(self, item: dict) -> list[dict]:
@@ -305,19 +362,35 @@ class ResponsesRenderer:
             self._text.clear()
             item = _message_item(item["id"], text, "completed")
             events = [
-                self._event(ResponseTextDoneEvent, item_id=item["id"], output_index=index, content_index=0,
-                            text=text, logprobs=[]),
-                self._event(ResponseContentPartDoneEvent, item_id=item["id"], output_index=index,
-                            content_index=0, part=_text_part(text)),
-            ]  # fmt: skip
+                self._event(
+                    ResponseTextDoneEvent,
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    text=text,
+                    logprobs=[],
+                ),
+                self._event(
+                    ResponseContentPartDoneEvent,
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part=_text_part(text),
+                ),
+            ]
         else:
             arguments = "".join(self._arguments)
             self._arguments.clear()
             item = _function_call_item(item["id"], self._call, arguments, "completed")
             events = [
-                self._event(ResponseFunctionCallArgumentsDoneEvent, item_id=item["id"], output_index=index,
-                            arguments=arguments, name=item["name"]),
-            ]  # fmt: skip
+                self._event(
+                    ResponseFunctionCallArgumentsDoneEvent,
+                    item_id=item["id"],
+                    output_index=index,
+                    arguments=arguments,
+                    name=item["name"],
+                ),
+            ]
         events.append(self._event(ResponseOutputItemDoneEvent, output_index=index, item=item))
         self.items.append(item)
         return events
@@ -338,5 +411,6 @@ def _type_of(event_type: type) -> str:
 
 def sse(events: Iterable[dict]) -> str:
     return "".join(
-        f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n" for event in events
+        f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+        for event in events
     )

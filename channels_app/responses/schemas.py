@@ -24,12 +24,32 @@ _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
 OPENAI_PARAMS = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
 SUPPORTED_PARAMS = frozenset(
     {
-        "model", "input", "instructions", "previous_response_id", "conversation", "store", "stream",
-        "background", "metadata", "user", "safety_identifier", "temperature", "top_p",
-        "max_output_tokens", "parallel_tool_calls", "tool_choice", "tools", "stream_options",
-        "include", "truncation", "service_tier", "prompt_cache_key", "text", "reasoning",
+        "model",
+        "input",
+        "instructions",
+        "previous_response_id",
+        "conversation",
+        "store",
+        "stream",
+        "background",
+        "metadata",
+        "user",
+        "safety_identifier",
+        "temperature",
+        "top_p",
+        "max_output_tokens",
+        "parallel_tool_calls",
+        "tool_choice",
+        "tools",
+        "stream_options",
+        "include",
+        "truncation",
+        "service_tier",
+        "prompt_cache_key",
+        "text",
+        "reasoning",
     }
-)  # fmt: skip
+)
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
 
@@ -63,8 +83,15 @@ def _invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
 
 
 def _type_error(param: str, expected: str, value: Any) -> ApiError:
-    got = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-           dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+    got = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
     return ApiError(
         400,
         f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
@@ -73,7 +100,9 @@ def _type_error(param: str, expected: str, value: Any) -> ApiError:
     )
 
 
-def _optional(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], expected: str) -> Any:
+def _optional(
+    body: Mapping[str, Any], name: str, kind: type | tuple[type, ...], expected: str
+) -> Any:
     value = body.get(name)
     if value is None:
         return None
@@ -98,7 +127,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(
             400,
-            f"We could not parse the JSON body of your request ({exc}). The body must be a JSON object.",
+            f"We could not parse the JSON body of your request ({exc}). "
+            "The body must be a JSON object.",
             code="invalid_json",
         ) from None
     if not isinstance(body, dict):
@@ -109,19 +139,33 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 def parse_create(body: Mapping[str, Any]) -> CreateResponse:
     for name in body:
         if name not in OPENAI_PARAMS:
-            raise ApiError(400, f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+            raise ApiError(
+                400, f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
+            )
         if name not in SUPPORTED_PARAMS and body[name] is not None:
             raise ApiError(
-                400, f"Unsupported parameter: '{name}' is not supported by this agent host.",
-                param=name, code="unsupported_parameter",
-            )  # fmt: skip
+                400,
+                f"Unsupported parameter: '{name}' is not supported by this agent host.",
+                param=name,
+                code="unsupported_parameter",
+            )
 
     if body.get("input") is None:
-        raise ApiError(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+        raise ApiError(
+            400,
+            "Missing required parameter: 'input'.",
+            param="input",
+            code="missing_required_parameter",
+        )
     store = _optional(body, "store", bool, "a boolean")
     background = bool(_optional(body, "background", bool, "a boolean"))
     if background and store is False:
-        raise ApiError(400, "background=true requires store=true.", param="background", code="unsupported_parameter")
+        raise ApiError(
+            400,
+            "background=true requires store=true.",
+            param="background",
+            code="unsupported_parameter",
+        )
     previous = _optional(body, "previous_response_id", str, "a string")
     conversation = _conversation(body.get("conversation"))
     if previous is not None and conversation is not None:
@@ -135,7 +179,9 @@ def parse_create(body: Mapping[str, Any]) -> CreateResponse:
     _check_tools(body)
     max_output_tokens = _optional(body, "max_output_tokens", int, "an integer")
     if max_output_tokens is not None and max_output_tokens < 1:
-        raise _invalid("max_output_tokens", f"expected a positive integer, got {max_output_tokens}.")
+        raise _invalid(
+            "max_output_tokens", f"expected a positive integer, got {max_output_tokens}."
+        )
     options = {
         "temperature": _number(body, "temperature", 0, 2),
         "top_p": _number(body, "top_p", 0, 1),
@@ -166,8 +212,12 @@ def _conversation(value: Any) -> str | None:
     if isinstance(value, dict):
         if set(value) - {"id"}:
             name = next(iter(set(value) - {"id"}))
-            raise ApiError(400, f"Unknown parameter: 'conversation.{name}'.", param=f"conversation.{name}",
-                           code="unknown_parameter")  # fmt: skip
+            raise ApiError(
+                400,
+                f"Unknown parameter: 'conversation.{name}'.",
+                param=f"conversation.{name}",
+                code="unknown_parameter",
+            )
         value = value.get("id")
         if not isinstance(value, str):
             raise _type_error("conversation.id", "a string", value)
@@ -182,9 +232,11 @@ def _check_tools(body: Mapping[str, Any]) -> None:
     tools = _optional(body, "tools", list, "an array")
     if tools:
         raise ApiError(
-            400, "Unsupported parameter: 'tools'. The hosted agent defines its own tools.",
-            param="tools", code="unsupported_parameter",
-        )  # fmt: skip
+            400,
+            "Unsupported parameter: 'tools'. The hosted agent defines its own tools.",
+            param="tools",
+            code="unsupported_parameter",
+        )
     tool_choice = body.get("tool_choice")
     if tool_choice is not None and tool_choice not in ("auto", "none"):
         raise _invalid("tool_choice", "only 'auto' and 'none' are supported.")
@@ -221,8 +273,12 @@ def parse_input(value: Any) -> list[Message]:
 def _require_str(item: Mapping[str, Any], name: str, path: str) -> str:
     value = item.get(name)
     if value is None:
-        raise ApiError(400, f"Missing required parameter: '{path}.{name}'.", param=f"{path}.{name}",
-                       code="missing_required_parameter")  # fmt: skip
+        raise ApiError(
+            400,
+            f"Missing required parameter: '{path}.{name}'.",
+            param=f"{path}.{name}",
+            code="missing_required_parameter",
+        )
     if not isinstance(value, str):
         raise _type_error(f"{path}.{name}", "a string", value)
     return value
@@ -235,21 +291,31 @@ def _input_item(item: Any, path: str) -> Message:
     if kind == "message":
         role = _require_str(item, "role", path)
         if role not in _ROLES:
-            raise _invalid(f"{path}.role", f"expected one of 'user', 'assistant', 'system', 'developer', got '{role}'.")
+            raise _invalid(
+                f"{path}.role",
+                f"expected one of 'user', 'assistant', 'system', 'developer', got '{role}'.",
+            )
         content = item.get("content")
         if isinstance(content, str):
             return Message(_ROLES[role], [content])
         if not isinstance(content, list):
             raise _type_error(f"{path}.content", "a string or an array", content)
-        parts = [_content_part(part, f"{path}.content[{index}]") for index, part in enumerate(content)]
+        parts = [
+            _content_part(part, f"{path}.content[{index}]") for index, part in enumerate(content)
+        ]
         return Message(_ROLES[role], parts)
     if kind == "function_call_output":
         call_id = _require_str(item, "call_id", path)
-        return Message("tool", [Content.from_function_result(call_id, result=_require_str(item, "output", path))])
+        return Message(
+            "tool",
+            [Content.from_function_result(call_id, result=_require_str(item, "output", path))],
+        )
     if kind == "function_call":
         call_id, name = _require_str(item, "call_id", path), _require_str(item, "name", path)
         arguments = _require_str(item, "arguments", path)
-        return Message("assistant", [Content.from_function_call(call_id, name, arguments=arguments)])
+        return Message(
+            "assistant", [Content.from_function_call(call_id, name, arguments=arguments)]
+        )
     raise _invalid(f"{path}.type", f"input items of type '{kind}' are not supported.")
 
 
@@ -263,24 +329,33 @@ def _content_part(part: Any, path: str) -> Content:
         return Content.from_text(_require_str(part, "refusal", path))
     if kind == "input_image":
         if part.get("file_id") is not None:
-            raise _invalid(f"{path}.file_id", "file ids are not supported; send image_url (a URL or data URL).")
+            raise _invalid(
+                f"{path}.file_id", "file ids are not supported; send image_url (a URL or data URL)."
+            )
         url = _require_str(part, "image_url", path)
         return _uri_content(url, f"{path}.image_url", default_media_type="image/*")
     if kind == "input_file":
         if part.get("file_id") is not None:
-            raise _invalid(f"{path}.file_id", "file ids are not supported; send file_data or file_url.")
+            raise _invalid(
+                f"{path}.file_id", "file ids are not supported; send file_data or file_url."
+            )
         if part.get("file_data") is not None:
             data = _require_str(part, "file_data", path)
             name = part.get("filename") if isinstance(part.get("filename"), str) else None
             if data.startswith("data:"):
-                return _uri_content(data, f"{path}.file_data", default_media_type="application/octet-stream")
+                return _uri_content(
+                    data, f"{path}.file_data", default_media_type="application/octet-stream"
+                )
             try:
                 raw = base64.b64decode(data, validate=True)
             except binascii.Error:
                 raise _invalid(f"{path}.file_data", "expected base64 data or a data URL.") from None
             return Content.from_data(raw, "application/octet-stream", name=name)
-        return _uri_content(_require_str(part, "file_url", path), f"{path}.file_url",
-                            default_media_type="application/octet-stream")  # fmt: skip
+        return _uri_content(
+            _require_str(part, "file_url", path),
+            f"{path}.file_url",
+            default_media_type="application/octet-stream",
+        )
     raise _invalid(f"{path}.type", f"content parts of type '{kind}' are not supported.")
 
 

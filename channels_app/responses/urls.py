@@ -7,5 +7,9 @@ urlpatterns = [
     path("responses", views.response_create, name="response_create"),
     path("responses/<str:response_id>", views.response_detail, name="response_detail"),
     path("responses/<str:response_id>/cancel", views.response_cancel, name="response_cancel"),
-    path("responses/<str:response_id>/input_items", views.response_input_items, name="response_input_items"),
+    path(
+        "responses/<str:response_id>/input_items",
+        views.response_input_items,
+        name="response_input_items",
+    ),
 ]

@@ -15,7 +15,12 @@ from channels_app.auth import ApiCaller, authenticate
 from channels_app.exceptions import ApiError, api_endpoint, not_found
 from channels_app.responses.channel import ResponsesChannel
 from channels_app.responses.rendering import input_items, response_object, sse
-from channels_app.responses.schemas import CreateResponse, parse_body, parse_create, parse_response_id
+from channels_app.responses.schemas import (
+    CreateResponse,
+    parse_body,
+    parse_create,
+    parse_response_id,
+)
 
 _CANCEL_REFUSALS = {
     "synchronous": "Cannot cancel a synchronous response.",
@@ -33,7 +38,9 @@ def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelReques
     if params.previous_response_id is not None:
         previous_run_id = parse_response_id(params.previous_response_id)
         if previous_run_id is None:
-            raise not_found("Previous response", params.previous_response_id, param="previous_response_id")
+            raise not_found(
+                "Previous response", params.previous_response_id, param="previous_response_id"
+            )
     attributes = {
         "previous_response_id": params.previous_response_id,
         "conversation": params.conversation,
@@ -79,7 +86,9 @@ async def response_create(request: HttpRequest) -> HttpResponse:
     try:
         started = await sync_to_async(services.start_run)(request=_channel_request(params, caller))
     except RunNotFound:
-        raise not_found("Previous response", params.previous_response_id, param="previous_response_id") from None
+        raise not_found(
+            "Previous response", params.previous_response_id, param="previous_response_id"
+        ) from None
     except InvalidRunState:
         raise ApiError(
             400,
@@ -118,22 +127,32 @@ async def response_detail(request: HttpRequest, response_id: str) -> HttpRespons
         try:
             await sync_to_async(services.delete_run)(run=run)
         except InvalidRunState:
-            raise ApiError(400, "Cannot delete an in-flight response.", code="response_in_flight") from None
+            raise ApiError(
+                400, "Cannot delete an in-flight response.", code="response_in_flight"
+            ) from None
         return JsonResponse({"id": response_id, "object": "response.deleted", "deleted": True})
     if request.GET.get("stream", "false").lower() != "true":
         return JsonResponse(response_object(run))
     if not run.is_background:
-        raise ApiError(400, "Cannot stream a response that was not created with background=true.", param="stream")
+        raise ApiError(
+            400,
+            "Cannot stream a response that was not created with background=true.",
+            param="stream",
+        )
     if not run.is_streamed:
-        raise ApiError(400, "Cannot stream a response that was not created with stream=true.", param="stream")
+        raise ApiError(
+            400, "Cannot stream a response that was not created with stream=true.", param="stream"
+        )
     raw_after = request.GET.get("starting_after", "-1")
     try:
         after = int(raw_after)
     except ValueError:
         raise ApiError(
-            400, f"Invalid value for 'starting_after': expected an integer, got '{raw_after}'.",
-            param="starting_after", code="invalid_value",
-        ) from None  # fmt: skip
+            400,
+            f"Invalid value for 'starting_after': expected an integer, got '{raw_after}'.",
+            param="starting_after",
+            code="invalid_value",
+        ) from None
     return _event_stream(execution.tail_run_events(run=run, after=after))
 
 
@@ -144,8 +163,11 @@ async def response_cancel(request: HttpRequest, response_id: str) -> HttpRespons
     try:
         run = await sync_to_async(services.cancel_run)(run=run)
     except InvalidRunState as exc:
-        raise ApiError(400, _CANCEL_REFUSALS.get(exc.message, "Cannot cancel this response."),
-                       code="response_not_cancellable") from None  # fmt: skip
+        raise ApiError(
+            400,
+            _CANCEL_REFUSALS.get(exc.message, "Cannot cancel this response."),
+            code="response_not_cancellable",
+        ) from None
     return JsonResponse(response_object(run))
 
 
@@ -155,12 +177,20 @@ async def response_input_items(request: HttpRequest, response_id: str) -> HttpRe
     run = await _visible_run(caller, response_id)
     order = request.GET.get("order", "desc")
     if order not in ("asc", "desc"):
-        raise ApiError(400, f"Invalid value for 'order': expected 'asc' or 'desc', got '{order}'.", param="order",
-                       code="invalid_value")  # fmt: skip
+        raise ApiError(
+            400,
+            f"Invalid value for 'order': expected 'asc' or 'desc', got '{order}'.",
+            param="order",
+            code="invalid_value",
+        )
     raw_limit = request.GET.get("limit", "20")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-        raise ApiError(400, f"Invalid value for 'limit': expected an integer from 1 to 100, got '{raw_limit}'.",
-                       param="limit", code="invalid_value")  # fmt: skip
+        raise ApiError(
+            400,
+            f"Invalid value for 'limit': expected an integer from 1 to 100, got '{raw_limit}'.",
+            param="limit",
+            code="invalid_value",
+        )
     items = input_items(run.input_messages)
     if order == "desc":
         items.reverse()
@@ -170,7 +200,11 @@ async def response_input_items(request: HttpRequest, response_id: str) -> HttpRe
             if value not in ids:
                 raise not_found("Item", value, param=cursor)
             position = ids.index(value)
-            items, ids = (items[position + 1 :], ids[position + 1 :]) if keep_after else (items[:position], ids[:position])
+            items, ids = (
+                (items[position + 1 :], ids[position + 1 :])
+                if keep_after
+                else (items[:position], ids[:position])
+            )
     page = items[: int(raw_limit)]
     return JsonResponse(
         {
@@ -181,4 +215,3 @@ async def response_input_items(request: HttpRequest, response_id: str) -> HttpRe
             "has_more": len(items) > len(page),
         }
     )
-

@@ -4,7 +4,9 @@ from afhost.services import create_api_key
 
 
 class Command(BaseCommand):
-    help = "Create an API key for the HTTP channels. The key is printed once, alone on the last line."
+    help = (
+        "Create an API key for the HTTP channels. The key is printed once, alone on the last line."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="Who or what uses the key, e.g. 'billing-backend'.")
@@ -17,5 +19,7 @@ class Command(BaseCommand):
     def handle(self, *args, name: str, trusted: bool, **options):
         api_key, raw_key = create_api_key(name=name, is_trusted=trusted)
         kind = "trusted " if trusted else ""
-        self.stderr.write(f"Created {kind}API key {api_key.name!r} ({api_key.public_id}). Store it now:")
+        self.stderr.write(
+            f"Created {kind}API key {api_key.name!r} ({api_key.public_id}). Store it now:"
+        )
         self.stdout.write(raw_key)

@@ -10,14 +10,16 @@ DEV_KEY_NAME = "local development"
 
 
 class Command(BaseCommand):
-    help = "DEBUG only: make sure the local development API key (kept in .dev-api-key) exists, and print it."
+    help = "DEBUG only: ensure the local development API key (in .dev-api-key) exists; print it."
 
     def add_arguments(self, parser):
         parser.add_argument("--file", default=str(settings.BASE_DIR / ".dev-api-key"))
 
     def handle(self, *args, file: str, **options):
         if not settings.DEBUG:
-            raise CommandError("ensure_dev_api_key only runs with DEBUG on; use create_api_key instead.")
+            raise CommandError(
+                "ensure_dev_api_key only runs with DEBUG on; use create_api_key instead."
+            )
         path = Path(file)
         raw_key = path.read_text().strip() if path.exists() else ""
         if not raw_key or ApiKey.objects.for_raw_key(raw_key) is None:
