@@ -21,7 +21,12 @@ class ScriptedChatClient(DemoChatClient):
     """
 
     def _inner_get_response(
-        self, *, messages: Sequence[Message], stream: bool, options: Mapping[str, Any], **kwargs: Any
+        self,
+        *,
+        messages: Sequence[Message],
+        stream: bool,
+        options: Mapping[str, Any],
+        **kwargs: Any,
     ):
         command = next((m.text for m in reversed(messages) if m.role == "user"), "")
         if command == "fail":
@@ -35,14 +40,18 @@ class ScriptedChatClient(DemoChatClient):
             if stream:
                 return self._build_response_stream(self._slow_stream(seconds))
             return self._slow(seconds)
-        return super()._inner_get_response(messages=messages, stream=stream, options=options, **kwargs)
+        return super()._inner_get_response(
+            messages=messages, stream=stream, options=options, **kwargs
+        )
 
     def _tool_turn(self, messages: Sequence[Message], stream: bool):
         results = [c for m in messages for c in m.contents if c.type == "function_result"]
         if results:
             contents = [Content.from_text(f"The weather tool says: {results[-1].result}")]
         else:
-            contents = [Content.from_function_call("call_1", "get_weather", arguments='{"city": "Oslo"}')]
+            contents = [
+                Content.from_function_call("call_1", "get_weather", arguments='{"city": "Oslo"}')
+            ]
         if not stream:
             return self._respond(contents)
 
@@ -61,7 +70,9 @@ class ScriptedChatClient(DemoChatClient):
 
     async def _slow(self, seconds: float) -> ChatResponse:
         await asyncio.sleep(seconds)
-        return ChatResponse(messages=[Message("assistant", ["done sleeping"])], finish_reason="stop")
+        return ChatResponse(
+            messages=[Message("assistant", ["done sleeping"])], finish_reason="stop"
+        )
 
     async def _slow_stream(self, seconds: float) -> AsyncIterator[ChatResponseUpdate]:
         for word in ("done ", "sleeping"):

@@ -53,7 +53,16 @@ def live_server_url(django_db_setup, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("daphne") / "daphne.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "afhost.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "afhost.asgi:application",
+            ],
             cwd=ROOT,
             env=_child_env(),
             stdout=out,

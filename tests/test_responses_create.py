@@ -55,7 +55,9 @@ def test_stream_helper_accumulates_the_same_answer(client):
 def test_async_client_creates_and_streams(async_client):
     async def scenario():
         created = await async_client.responses.create(model="demo", input="async hello")
-        stream = await async_client.responses.create(model="demo", input="async stream", stream=True)
+        stream = await async_client.responses.create(
+            model="demo", input="async stream", stream=True
+        )
         return created, [event async for event in stream]
 
     # when
@@ -86,7 +88,9 @@ def test_branches_from_one_response_do_not_see_each_other(client):
     client.responses.create(model="demo", input="left branch", previous_response_id=root.id)
 
     # when
-    right = client.responses.create(model="demo", input="right branch", previous_response_id=root.id)
+    right = client.responses.create(
+        model="demo", input="right branch", previous_response_id=root.id
+    )
 
     # then
     assert 'Before that you said: "root".' in right.output_text
@@ -98,7 +102,9 @@ def test_conversation_keeps_memory_across_responses(client):
     client.responses.create(model="demo", input="first in conv", conversation="conv_team42")
 
     # when
-    second = client.responses.create(model="demo", input="second", conversation={"id": "conv_team42"})
+    second = client.responses.create(
+        model="demo", input="second", conversation={"id": "conv_team42"}
+    )
 
     # then
     assert 'Before that you said: "first in conv".' in second.output_text
@@ -144,7 +150,11 @@ def test_agent_tool_calls_appear_as_output_items(client):
     response = client.responses.create(model="demo", input="call tool")
 
     # then
-    assert [item.type for item in response.output] == ["function_call", "function_call_output", "message"]
+    assert [item.type for item in response.output] == [
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
     assert response.output[0].name == "get_weather"
     assert response.output[1].output == "sunny in Oslo"
     assert response.output_text == "The weather tool says: sunny in Oslo"
@@ -190,4 +200,8 @@ def test_a_failure_before_the_first_token_streams_response_failed(client):
     events = list(client.responses.create(model="demo", input="fail", stream=True))
 
     # then
-    assert [event.type for event in events] == ["response.created", "response.in_progress", "response.failed"]
+    assert [event.type for event in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.failed",
+    ]
