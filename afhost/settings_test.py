@@ -1,4 +1,4 @@
-"""Settings for the test suite: `from .settings import *` plus what makes tests fast and isolated."""
+"""Test settings: `from .settings import *`, plus what makes tests fast and isolated."""
 
 import os
 

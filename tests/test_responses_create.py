@@ -12,7 +12,8 @@ def test_blocking_create_returns_a_completed_response(client):
     assert response.status == "completed"
     assert response.id.startswith("resp_")
     assert response.output_text.startswith('You said: "hello there".')
-    assert response.usage is not None and response.usage.total_tokens > 0
+    assert response.usage is not None
+    assert response.usage.total_tokens > 0
 
 
 def test_streaming_create_emits_the_standard_event_sequence(client):
