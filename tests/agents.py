@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Never
 
-from agent_framework import Agent, ChatResponse, ChatResponseUpdate, Content, Message, tool
+from agent_framework import (
+    Agent,
+    ChatResponse,
+    ChatResponseUpdate,
+    Content,
+    Message,
+    WorkflowBuilder,
+    WorkflowContext,
+    executor,
+    tool,
+)
 
 from afhost.demo import DemoChatClient
 
@@ -106,3 +116,11 @@ async def count_turns(messages: list[Message]) -> str:
 
 
 not_callable = 42
+
+
+@executor(id="upper")
+async def upper(messages: list[Message], ctx: WorkflowContext[Never, str]) -> None:
+    await ctx.yield_output(messages[-1].text.upper())
+
+
+workflow = WorkflowBuilder(start_executor=upper).build()

@@ -1,0 +1,710 @@
+"""Benchmark: creates per second and latency of POST /v1/responses, against two yardsticks.
+
+Three servers, one at a time, each started, warmed up, measured and stopped in this one run:
+
+1. afhost (this project) with its built-in demo agent, storing every run in the database;
+2. a bare ASGI endpoint (bench/bare_app.py) behind the same ASGI server as afhost;
+3. Microsoft's `azure-ai-agentserver-responses` host (bench/ms_host.py) on its own Hypercorn,
+   from a separate virtualenv (.bench-venv, created here if missing).
+
+Each is measured for blocking creates and for streaming (SSE) creates, with `wrk` (or a small
+asyncio client when wrk is missing). Only 127.0.0.1 is ever contacted. See bench/README.md.
+
+    .venv/bin/python bench/responses_bench.py [--server uvicorn|daphne] [--duration 10]
+        [--database-url postgresql://postgres@127.0.0.1:5432/bench]
+
+This is a benchmark, not a test: it exits 0 whatever the figures (non-zero only when it could
+not measure, e.g. a server failed its sanity check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+BENCH_VENV = ROOT / ".bench-venv"
+# Microsoft's host and its server, pinned; never a dependency of the project itself.
+MS_PACKAGES = ["azure-ai-agentserver-responses==2.3.0", "hypercorn==0.18.0"]
+PROFILER_PACKAGES = ["py-spy==0.4.3"]
+
+BLOCKING_BODY = '{"model":"bench","input":"hello"}'
+STREAMING_BODY = '{"model":"bench","input":"hello","stream":true}'
+EXPECTED_TEXT = "That is the first thing you told me."
+MODES = ("blocking", "streaming")
+TARGETS = ("afhost", "bare", "microsoft")
+# The issue's targets, for stored blocking creates on one process.
+TARGET_VS_MICROSOFT = 2.0
+TARGET_VS_BARE = 1 / 3
+
+
+class BenchError(Exception):
+    """The bench cannot measure (a server did not start or answered wrongly)."""
+
+
+@dataclass
+class Result:
+    target: str
+    mode: str
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx answers, timeouts and socket errors
+
+
+# --- processes ---
+
+_children: list[subprocess.Popen] = []
+
+
+def spawn(cmd: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start a server in its own process group, so stopping it stops all its processes."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _children.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    with contextlib.suppress(ValueError):
+        _children.remove(proc)
+
+
+def stop_all() -> None:
+    for proc in list(_children):
+        stop(proc)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_checked(cmd: list[str], *, env: dict[str, str], what: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"{what} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def log_tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- HTTP helpers ---
+
+
+def post(port: int, path: str, body: str, headers: dict[str, str]) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(
+            "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
+        )
+        response = conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(
+                f"the server exited ({proc.returncode}) while starting:\n" + log_tail(log)
+            )
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise BenchError(
+        f"the server did not listen on port {port} within {timeout:.0f}s:\n" + log_tail(log)
+    )
+
+
+def sanity_check(name: str, port: int, path: str, headers: dict[str, str]) -> None:
+    """One blocking and one streaming create must both succeed before anything is measured."""
+    for mode, body, marker in (
+        ("blocking", BLOCKING_BODY, '"completed"'),
+        ("streaming", STREAMING_BODY, "response.completed"),
+    ):
+        status, text = post(port, path, body, headers)
+        if status != 200 or EXPECTED_TEXT not in text or marker not in text:
+            raise BenchError(
+                f"{name}: the {mode} sanity request got {status}, expected 200 with "
+                f"{EXPECTED_TEXT!r} and {marker!r}; body starts:\n{text[:800]}"
+            )
+
+
+# --- load generators ---
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+{auth}
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_RESULT {{\\"requests\\":%d,\\"duration_us\\":%d,\\"p50_us\\":%d,\\"p99_us\\":%d,"
+    .. "\\"errors\\":%d}}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def lua_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wrk_load(
+    *,
+    port: int,
+    path: str,
+    body: str,
+    headers: dict[str, str],
+    connections: int,
+    seconds: float,
+    workdir: Path,
+) -> dict:
+    auth = "\n".join(f"wrk.headers[{lua_string(k)}] = {lua_string(v)}" for k, v in headers.items())
+    script = workdir / "load.lua"
+    script.write_text(WRK_SCRIPT.format(body=lua_string(body), auth=auth))
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _children.append(proc)
+    try:
+        out, _ = proc.communicate(timeout=seconds + 30)
+    finally:
+        stop(proc)
+    for line in out.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            raw = json.loads(line.removeprefix("BENCH_RESULT "))
+            return {
+                "requests": raw["requests"],
+                "seconds": raw["duration_us"] / 1e6,
+                "p50_ms": raw["p50_us"] / 1e3,
+                "p99_ms": raw["p99_us"] / 1e3,
+                "errors": raw["errors"],
+            }
+    raise BenchError(f"wrk printed no result:\n{out}")
+
+
+async def _one_connection(port: int, request: bytes, deadline: float, stats: dict) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+            fields = {k.strip().lower(): v.strip().lower() for k, v in fields.items()}
+            if b"content-length" in fields:
+                await reader.readexactly(int(fields[b"content-length"]))
+            elif fields.get(b"transfer-encoding") == b"chunked":
+                while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                    await reader.readexactly(size + 2)
+                await reader.readuntil(b"\r\n")
+            else:  # the server closes the connection to end the body
+                await reader.read()
+                stats["latencies"].append(time.perf_counter() - started)
+                return
+            stats["latencies"].append(time.perf_counter() - started)
+            if not 200 <= status < 300:
+                stats["errors"] += 1
+            if fields.get(b"connection") == b"close":
+                return
+    finally:
+        writer.close()
+
+
+async def _python_load(port: int, request: bytes, connections: int, seconds: float) -> dict:
+    stats: dict = {"latencies": [], "errors": 0}
+    started = time.perf_counter()
+    deadline = started + seconds
+    while time.perf_counter() < deadline:
+        tasks = [_one_connection(port, request, deadline, stats) for _ in range(connections)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*tasks, return_exceptions=True), timeout=seconds + 30
+        )
+        stats["errors"] += sum(isinstance(result, Exception) for result in results)
+    stats["seconds"] = time.perf_counter() - started
+    return stats
+
+
+def python_load(
+    *,
+    port: int,
+    path: str,
+    body: str,
+    headers: dict[str, str],
+    connections: int,
+    seconds: float,
+    workdir: Path,
+) -> dict:
+    """The fallback client: keep-alive HTTP/1.1 over raw asyncio sockets."""
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body.encode())}",
+    ]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+    stats = asyncio.run(_python_load(port, request, connections, seconds))
+    latencies = sorted(stats["latencies"]) or [0.0]
+
+    def percentile(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] * 1e3
+
+    return {
+        "requests": len(stats["latencies"]),
+        "seconds": stats["seconds"],
+        "p50_ms": percentile(50),
+        "p99_ms": percentile(99),
+        "errors": stats["errors"],
+    }
+
+
+# --- the three servers ---
+
+
+@dataclass
+class Target:
+    name: str
+    label: str
+    path: str
+    headers: dict[str, str]
+    cmd: list[str]
+    env: dict[str, str]
+    port: int
+
+
+def server_cmd(server: str, app: str, port: int) -> list[str]:
+    bindir = ROOT / ".venv" / "bin"
+    if server == "uvicorn":
+        return [
+            str(bindir / "uvicorn"),
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    return [str(bindir / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
+
+
+def ensure_postgres_database(url: str, env: dict[str, str]) -> None:
+    """Create the database named in a postgres URL if it does not exist yet."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    code = (
+        "import sys, psycopg\n"
+        "from psycopg import sql\n"
+        "with psycopg.connect(sys.argv[1], autocommit=True) as conn:\n"
+        "    if not conn.execute('SELECT 1 FROM pg_database WHERE datname = %s',"
+        " (sys.argv[2],)).fetchone():\n"
+        "        conn.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(sys.argv[2])))\n"
+        "        print('created database', sys.argv[2])\n"
+    )
+    out = run_checked(
+        [str(VENV_PYTHON), "-c", code, admin_url, name],
+        env=env,
+        what="creating the Postgres database",
+    )
+    if out.strip():
+        print(f"  {out.strip()}")
+
+
+def afhost_target(args, workdir: Path) -> Target:
+    database_url = args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "SECRET_KEY": "bench",
+        "AFHOST_DEMO_TOKEN_DELAY": "0",
+        "DATABASE_URL": database_url,
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if database_url.startswith(("postgres://", "postgresql://")):
+        ensure_postgres_database(database_url, env)
+    manage = [str(VENV_PYTHON), "manage.py"]
+    run_checked([*manage, "migrate", "--verbosity", "0"], env=env, what="manage.py migrate")
+    key_out = run_checked(
+        [*manage, "create_api_key", "bench"], env=env, what="manage.py create_api_key"
+    )
+    key = key_out.strip().splitlines()[-1].strip()
+    port = free_port()
+    return Target(
+        name="afhost",
+        label=f"afhost ({args.server}, {database_label(database_url)})",
+        path="/v1/responses",
+        headers={"Authorization": f"Bearer {key}"},
+        cmd=server_cmd(args.server, "afhost.asgi:application", port),
+        env=env,
+        port=port,
+    )
+
+
+def bare_target(args, workdir: Path) -> Target:
+    port = free_port()
+    return Target(
+        name="bare",
+        label=f"bare ASGI ({args.server})",
+        path="/v1/responses",
+        headers={},
+        cmd=server_cmd(args.server, "bench.bare_app:app", port),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        port=port,
+    )
+
+
+def ensure_bench_venv(*, profiler: bool = False) -> Path:
+    """The separate venv for Microsoft's host (and py-spy): created and filled when missing."""
+    python = BENCH_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"  creating {BENCH_VENV.relative_to(ROOT)} ...")
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+    probes = [("azure.ai.agentserver.responses", MS_PACKAGES), ("hypercorn", MS_PACKAGES)]
+    missing: list[str] = []
+    for module, packages in probes:
+        found = (
+            subprocess.run(
+                [str(python), "-c", f"import {module}"], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
+        if not found:
+            missing += [p for p in packages if p not in missing]
+    if profiler and not (BENCH_VENV / "bin" / "py-spy").exists():
+        missing += PROFILER_PACKAGES
+    if missing:
+        print(f"  installing {' '.join(missing)} into {BENCH_VENV.relative_to(ROOT)} ...")
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", *missing], check=True, timeout=600
+        )
+    return python
+
+
+def microsoft_target(args, workdir: Path) -> Target:
+    python = ensure_bench_venv()
+    port = free_port()
+    state = workdir / "agentserver-state"
+    state.mkdir(exist_ok=True)
+    # Its own environment: none of the project's variables, its state in our temp dir.
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "PORT": str(port),
+        "AGENTSERVER_STATE_ROOT": str(state),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return Target(
+        name="microsoft",
+        label="microsoft (hypercorn, file store)",
+        path="/responses",
+        headers={},
+        cmd=[str(python), str(ROOT / "bench" / "ms_host.py")],
+        env=env,
+        port=port,
+    )
+
+
+def database_label(url: str) -> str:
+    return "postgres" if url.startswith(("postgres://", "postgresql://")) else "sqlite"
+
+
+# --- the run ---
+
+
+def measure(target: Target, args, workdir: Path, load) -> list[Result]:
+    log = workdir / f"{target.name}.log"
+    print(f"- {target.label}: starting on 127.0.0.1:{target.port}")
+    proc = spawn(target.cmd, env=target.env, log=log)
+    profiler = None
+    try:
+        wait_listening(proc, target.port, log)
+        try:
+            sanity_check(target.label, target.port, target.path, target.headers)
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchError(
+                f"{target.label}: sanity request failed: {exc!r}\n" + log_tail(log)
+            ) from exc
+        if args.profile and target.name == "afhost":
+            profiler = start_profiler(proc.pid, args, workdir)
+        results = []
+        for mode in args.modes:
+            body = STREAMING_BODY if mode == "streaming" else BLOCKING_BODY
+            common = {
+                "port": target.port,
+                "path": target.path,
+                "body": body,
+                "headers": target.headers,
+                "connections": args.connections,
+                "workdir": workdir,
+            }
+            if args.warmup > 0:
+                load(seconds=args.warmup, **common)
+            raw = load(seconds=args.duration, **common)
+            result = Result(
+                target=target.name, mode=mode, rps=raw["requests"] / raw["seconds"], **raw
+            )
+            print(
+                f"  {mode:9} {result.rps:8.1f} req/s  p50 {result.p50_ms:7.1f} ms  "
+                f"p99 {result.p99_ms:7.1f} ms  errors {result.errors}"
+            )
+            if proc.poll() is not None:
+                raise BenchError(f"{target.label} died during the run:\n" + log_tail(log))
+            results.append(result)
+        return results
+    finally:
+        if profiler is not None:
+            stop_profiler(profiler)
+        stop(proc)
+
+
+def start_profiler(pid: int, args, workdir: Path) -> subprocess.Popen:
+    ensure_bench_venv(profiler=True)
+    out = Path(args.profile).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seconds = len(args.modes) * (args.warmup + args.duration) + 5
+    cmd = [
+        str(BENCH_VENV / "bin" / "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "speedscope" if out.suffix == ".json" else "flamegraph",
+        "--output",
+        str(out),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "200",
+        "--nonblocking",
+        "--threads",
+    ]
+    print(f"  profiling pid {pid} with py-spy into {out}")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=workdir.joinpath("py-spy.log").open("wb"),
+        start_new_session=True,
+    )
+    _children.append(proc)
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen) -> None:
+    # SIGINT makes py-spy write what it sampled so far.
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+    stop(proc)
+
+
+def report(results: list[Result], labels: dict[str, str]) -> None:
+    print()
+    width = max(len(label) for label in labels.values())
+    print(
+        f"{'server':{width}}  {'mode':9}  {'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  "
+        f"{'requests':>8}  {'errors':>6}"
+    )
+    for r in results:
+        print(
+            f"{labels[r.target]:{width}}  {r.mode:9}  {r.rps:8.1f}  {r.p50_ms:8.1f}  "
+            f"{r.p99_ms:8.1f}  {r.requests:8d}  {r.errors:6d}"
+        )
+    print()
+    by_key = {(r.target, r.mode): r for r in results}
+    for mode in MODES:
+        ours = by_key.get(("afhost", mode))
+        if ours is None:
+            continue
+        for other, target in (("microsoft", TARGET_VS_MICROSOFT), ("bare", TARGET_VS_BARE)):
+            theirs = by_key.get((other, mode))
+            if theirs is None or not theirs.rps:
+                continue
+            ratio = ours.rps / theirs.rps
+            line = f"ours / {other:9} {mode:9} req/s: {ratio:6.2f}x"
+            if mode == "blocking":
+                verdict = "PASS" if ratio >= target else "FAIL"
+                line += f"   target >= {target:.2f}x: {verdict}"
+            else:
+                line += "   (no target for streaming)"
+            print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--server",
+        choices=("uvicorn", "daphne"),
+        default="uvicorn",
+        help="ASGI server for afhost and the bare app (default: uvicorn)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="afhost's DATABASE_URL (default: a fresh SQLite file in a temp dir)",
+    )
+    parser.add_argument("--duration", type=float, default=10, help="measured seconds per case")
+    parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds per case")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator (auto: wrk when installed, else the python client)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="OUT",
+        help="record afhost with py-spy during its runs (OUT.svg flamegraph or "
+        "OUT.json speedscope); figures taken while profiling are not comparable",
+    )
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    args.targets = [t for t in args.targets.split(",") if t]
+    args.modes = [m for m in args.modes.split(",") if m]
+    if unknown := (set(args.targets) - set(TARGETS)) | (set(args.modes) - set(MODES)):
+        parser.error(f"unknown target or mode: {', '.join(sorted(unknown))}")
+    if args.database_url and urlsplit(args.database_url).hostname not in (
+        None,
+        "127.0.0.1",
+        "localhost",
+        "::1",
+    ):
+        parser.error("--database-url must point at this machine (127.0.0.1)")
+
+    if args.client == "wrk" or (args.client == "auto" and shutil.which("wrk")):
+        if not shutil.which("wrk"):
+            parser.error("wrk is not installed (apt-get install -y wrk)")
+        load, client = wrk_load, "wrk"
+    else:
+        load, client = python_load, "python asyncio client"
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    print(
+        f"responses bench: {client}, {args.connections} connections, "
+        f"{args.warmup:g}s warm-up + {args.duration:g}s per case; "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    started = time.monotonic()
+    results: list[Result] = []
+    labels: dict[str, str] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="afhost-bench-"))
+    try:
+        builders = {"afhost": afhost_target, "bare": bare_target, "microsoft": microsoft_target}
+        for name in args.targets:
+            target = builders[name](args, workdir)
+            labels[name] = target.label
+            results += measure(target, args, workdir, load)
+    except BenchError as exc:
+        print(f"\nbench aborted: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(results, labels)
+    print(f"\n(total {time.monotonic() - started:.0f}s)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "server": args.server,
+                    "database": database_label(args.database_url or "sqlite"),
+                    "client": client,
+                    "connections": args.connections,
+                    "duration": args.duration,
+                    "labels": labels,
+                    "results": [asdict(r) for r in results],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

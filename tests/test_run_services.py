@@ -1,0 +1,176 @@
+"""The host core's run services, in process: queueing, the worker task, cancel, history."""
+
+from unittest import mock
+
+import pytest
+from agent_framework import Message
+
+from afhost import services, tasks
+from afhost.exceptions import InvalidRunState
+from afhost.models import Run, RunEvent
+from afhost.selectors import conversation_history
+from afhost.types import ChannelIdentity, ChannelRequest
+
+
+@pytest.fixture
+def request_factory():
+    def make(text="hello", **fields):
+        fields.setdefault("channel", "responses")
+        fields.setdefault("identity", ChannelIdentity(channel="api", native_id="key.test"))
+        return ChannelRequest(input=[Message("user", [text])], **fields)
+
+    return make
+
+
+@pytest.fixture
+def queued_run(db, request_factory):
+    def make(text="hello", **fields):
+        with mock.patch("afhost.services.async_task"):
+            return services.start_run(request=request_factory(text, background=True, **fields)).run
+
+    return make
+
+
+def test_a_background_run_is_enqueued_only_after_commit(
+    db, request_factory, django_capture_on_commit_callbacks
+):
+    # when
+    with mock.patch("afhost.services.async_task", autospec=True) as async_task:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            run = services.start_run(request=request_factory(background=True)).run
+        async_task.assert_not_called()
+        for callback in callbacks:
+            callback()
+
+    # then
+    assert run.status == Run.Status.QUEUED
+    async_task.assert_called_once_with(
+        "afhost.tasks.execute_run",
+        run.pk,
+        q_options={"task_name": f"run-{run.public_id}", "group": "runs"},
+    )
+
+
+def test_the_task_runs_a_queued_run_to_completion(queued_run):
+    # given
+    run = queued_run("do it later")
+
+    # when
+    tasks.execute_run(run.pk)
+
+    # then
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED
+    assert run.output_items[0]["content"][0]["text"].startswith('You said: "do it later".')
+    assert (
+        Message.from_dict(run.output_messages[0]).text == run.output_items[0]["content"][0]["text"]
+    )
+    assert run.started_at is not None
+    assert run.completed_at is not None
+
+
+def test_a_streamed_background_run_stores_every_event_in_order(queued_run):
+    # given
+    run = queued_run("events please", stream=True)
+
+    # when
+    tasks.execute_run(run.pk)
+
+    # then
+    events = list(RunEvent.objects.filter(run=run).values_list("data", flat=True))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e["type"] for e in events[:3]] == [
+        "response.created",
+        "response.queued",
+        "response.in_progress",
+    ]
+    assert events[-1]["type"] == "response.completed"
+
+
+@pytest.mark.parametrize("status", [Run.Status.COMPLETED, Run.Status.CANCELLED, Run.Status.FAILED])
+def test_the_task_leaves_a_run_that_is_no_longer_queued_alone(queued_run, status):
+    # given
+    run = queued_run()
+    Run.objects.filter(pk=run.pk).update(status=status)
+
+    # when
+    tasks.execute_run(run.pk)
+
+    # then
+    run.refresh_from_db()
+    assert run.status == status
+    assert run.output_messages == []
+
+
+def test_a_redelivered_in_progress_run_is_reported_as_interrupted(queued_run):
+    # given: a worker claimed the run, then died
+    run = queued_run(stream=True)
+    run.claim()
+
+    # when
+    tasks.execute_run(run.pk)
+
+    # then
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.error == {
+        "code": "server_error",
+        "message": "The run was interrupted before it finished.",
+    }
+    assert (
+        RunEvent.objects.filter(run=run).order_by("sequence_number").last().data["type"]
+        == "response.failed"
+    )
+
+
+def test_the_task_of_a_deleted_run_does_nothing(queued_run):
+    # given
+    run = queued_run()
+    run.delete()
+
+    # when / then
+    tasks.execute_run(run.pk)
+    assert Run.objects.exists() is False
+
+
+def test_cancelling_a_queued_run_means_it_never_starts(queued_run):
+    # given
+    run = queued_run()
+
+    # when
+    services.cancel_run(run=run)
+    tasks.execute_run(run.pk)
+
+    # then
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert run.started_at is None
+
+
+def test_a_finished_run_cannot_be_cancelled_or_a_running_one_deleted(queued_run):
+    # given
+    run = queued_run()
+
+    # then
+    with pytest.raises(InvalidRunState):
+        services.delete_run(run=run)
+    tasks.execute_run(run.pk)
+    run.refresh_from_db()
+    with pytest.raises(InvalidRunState, match="completed"):
+        services.cancel_run(run=run)
+
+
+def test_history_follows_the_chain_of_previous_runs(queued_run, request_factory):
+    # given
+    first = queued_run("one")
+    tasks.execute_run(first.pk)
+    second = queued_run("two", previous_run_id=first.public_id)
+    tasks.execute_run(second.pk)
+
+    # when
+    started = services.start_run(request=request_factory("three", previous_run_id=second.public_id))
+
+    # then
+    assert [m.role for m in started.messages] == ["user", "assistant", "user", "assistant", "user"]
+    assert [m.text for m in started.messages if m.role == "user"] == ["one", "two", "three"]
+    assert len(conversation_history(run=started.run)) == 5
