@@ -16,6 +16,7 @@ $(VENV)/installed: requirements.txt requirements-dev.txt
 # Serve the product: ASGI server (daphne) and a django-q2 worker together; Ctrl-C stops both.
 run: $(VENV)/installed
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py setup_schedules
 	@echo "Local API key (Authorization: Bearer ...):"
 	@$(PY) manage.py ensure_dev_api_key
 	@echo "Serving on http://127.0.0.1:$(PORT)/ (admin at /admin/, Responses API at /v1/responses)"

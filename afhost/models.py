@@ -156,6 +156,9 @@ class Run(TimestampedModel):
     error_detail = models.TextField(
         blank=True, help_text="For operators only: the exception behind a failure."
     )
+    enqueued_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last handed to the worker queue."
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -165,6 +168,12 @@ class Run(TimestampedModel):
         indexes = [
             # Used by the Responses endpoints: every lookup is scoped to the caller's isolation key.
             models.Index(fields=["isolation_key", "created_at"], name="afhost_run_isolation"),
+            # Used by services.sweep_runs: background runs that are still queued or running.
+            models.Index(
+                fields=["status", "enqueued_at"],
+                condition=models.Q(is_background=True, status__in=["queued", "in_progress"]),
+                name="afhost_run_active_background",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -173,6 +182,13 @@ class Run(TimestampedModel):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL_STATUSES
+
+    def mark_enqueued(self) -> None:
+        now = timezone.now()
+        Run.objects.filter(pk=self.pk).update(enqueued_at=now, updated_at=now)
+        self.enqueued_at = now
+
+    mark_enqueued.alters_data = True
 
     def claim(self) -> bool:
         """Move a queued run to in_progress; False if another worker or a cancel got there first."""

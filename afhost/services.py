@@ -6,10 +6,13 @@ import logging
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from agent_framework import Message
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from django_q.tasks import async_task
 
 from afhost.exceptions import InvalidRunState, RunNotFound
@@ -19,6 +22,9 @@ from afhost.selectors import conversation_history, next_event_sequence
 from afhost.types import ChannelRequest, HostedRunResult
 
 logger = logging.getLogger(__name__)
+
+# How long a background run may wait in the queue before the sweeper hands it out again.
+QUEUE_GRACE = timedelta(minutes=2)
 
 
 def new_item_id(prefix: str) -> str:
@@ -86,14 +92,48 @@ def start_run(*, request: ChannelRequest) -> StartedRun:
             record_events(
                 run=run, events=get_channel(run.channel).renderer(run, next_sequence=0).start()
             )
-        transaction.on_commit(
-            lambda: async_task(
-                "afhost.tasks.execute_run",
-                run.pk,
-                q_options={"task_name": f"run-{run.public_id}", "group": "runs"},
-            )
-        )
+        enqueue_run(run=run)
     return StartedRun(run=run, messages=[*history, *request.input])
+
+
+def enqueue_run(*, run: Run) -> None:
+    """Hand a queued background run to the workers once the surrounding transaction commits."""
+    run.mark_enqueued()
+    transaction.on_commit(
+        lambda: async_task(
+            "afhost.tasks.execute_run",
+            run.pk,
+            q_options={"task_name": f"run-{run.public_id}", "group": "runs"},
+        )
+    )
+
+
+def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
+    """Recover background runs the queue lost: re-enqueue long-queued runs, fail long-running ones.
+
+    Runs only when a task went missing (a worker killed mid-run, a task the broker dropped), so
+    nothing accepted waits forever. Re-enqueueing is safe: a run is claimed at most once.
+    Returns (re-enqueued, failed).
+    """
+    now = now or timezone.now()
+    requeued = 0
+    for run in Run.objects.filter(
+        is_background=True, status=Run.Status.QUEUED, enqueued_at__lt=now - QUEUE_GRACE
+    ).order_by("pk"):
+        with transaction.atomic():
+            enqueue_run(run=run)
+        requeued += 1
+    lost_before = now - timedelta(seconds=settings.AFHOST_RUN_TIMEOUT) - QUEUE_GRACE
+    failed = 0
+    for run in Run.objects.filter(
+        is_background=True, status=Run.Status.IN_PROGRESS, started_at__lt=lost_before
+    ).order_by("pk"):
+        failed += _fail_interrupted_run(run)
+    if requeued or failed:
+        logger.warning(
+            "sweep: re-enqueued %d queued run(s), failed %d lost run(s)", requeued, failed
+        )
+    return requeued, failed
 
 
 def record_events(*, run: Run, events: list[dict]) -> None:
@@ -159,14 +199,17 @@ def execute_background_run(*, run_id: int) -> None:
     async_to_sync(execution.drive_background_run)(run=run, messages=conversation_history(run=run))
 
 
-def _fail_interrupted_run(run: Run) -> None:
+def _fail_interrupted_run(run: Run) -> bool:
     result = HostedRunResult.failure(
         "The run was interrupted before it finished.", detail="worker lost"
     )
     renderer = get_channel(run.channel).renderer(run, next_sequence=next_event_sequence(run=run))
     events = renderer.finish(result)
-    finish_run(run=run, result=result, output_items=[], events=events if run.is_streamed else [])
-    logger.error("run %s was interrupted (its worker died) and is marked failed", run.public_id)
+    streamed = events if run.is_streamed else []
+    failed = finish_run(run=run, result=result, output_items=[], events=streamed)
+    if failed:
+        logger.error("run %s was interrupted (its worker died) and is marked failed", run.public_id)
+    return failed
 
 
 @transaction.atomic

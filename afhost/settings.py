@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,8 +21,22 @@ SECRET_KEY = env_secret("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off.")
-    SECRET_KEY = secrets.token_urlsafe(50)
-    warnings.warn("SECRET_KEY is unset: using a random key for this DEBUG process.", stacklevel=1)
+    # The web process and the worker must share the key (django-q2 signs tasks with it), so the
+    # development key is kept in a local file, made on first use.
+    _dev_key_file = BASE_DIR / ".dev-secret-key"
+    if not _dev_key_file.exists():
+        with tempfile.NamedTemporaryFile("w", dir=BASE_DIR, delete=False) as _new_key:
+            _new_key.write(secrets.token_urlsafe(50))
+        try:  # link, not rename: exactly one process creates the file, whole
+            os.link(_new_key.name, _dev_key_file)
+            warnings.warn(
+                f"SECRET_KEY is unset: made a development key in {_dev_key_file}", stacklevel=1
+            )
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(_new_key.name)
+    SECRET_KEY = _dev_key_file.read_text().strip()
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")

@@ -7,3 +7,7 @@ from afhost import services
 
 def execute_run(run_id: int) -> None:
     services.execute_background_run(run_id=run_id)
+
+
+def sweep_runs() -> None:
+    services.sweep_runs()

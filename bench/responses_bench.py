@@ -546,7 +546,7 @@ def start_profiler(pid: int, args, workdir: Path) -> subprocess.Popen:
         "--rate",
         "200",
         "--nonblocking",
-        "--threads",
+        "--gil",
     ]
     print(f"  profiling pid {pid} with py-spy into {out}")
     proc = subprocess.Popen(

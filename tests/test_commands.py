@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django_q.models import Schedule
 
 from afhost.models import ApiKey
 
@@ -79,3 +80,17 @@ def test_every_custom_management_command_has_a_test():
     ]
     assert commands
     assert [name for name in commands if f'"{name}"' not in tests] == []
+
+
+def test_setup_schedules_declares_the_sweeper_once(db):
+    # when
+    call_command("setup_schedules", stdout=io.StringIO())
+    call_command("setup_schedules", stdout=io.StringIO())
+
+    # then
+    schedule = Schedule.objects.get()
+    assert (schedule.name, schedule.func, schedule.minutes) == (
+        "afhost.sweep_runs",
+        "afhost.tasks.sweep_runs",
+        1,
+    )

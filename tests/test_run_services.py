@@ -1,9 +1,11 @@
 """The host core's run services, in process: queueing, the worker task, cancel, history."""
 
+from datetime import timedelta
 from unittest import mock
 
 import pytest
 from agent_framework import Message
+from django.utils import timezone
 
 from afhost import services, tasks
 from afhost.exceptions import InvalidRunState
@@ -174,3 +176,33 @@ def test_history_follows_the_chain_of_previous_runs(queued_run, request_factory)
     assert [m.role for m in started.messages] == ["user", "assistant", "user", "assistant", "user"]
     assert [m.text for m in started.messages if m.role == "user"] == ["one", "two", "three"]
     assert len(conversation_history(run=started.run)) == 5
+
+
+def test_the_sweeper_requeues_runs_the_queue_lost_and_fails_abandoned_ones(
+    queued_run, settings, django_capture_on_commit_callbacks
+):
+    # given
+    now = timezone.now()
+    lost = queued_run("lost in the queue")
+    fresh = queued_run("just queued")
+    abandoned = queued_run("worker died")
+    abandoned.claim()
+    Run.objects.filter(pk=lost.pk).update(enqueued_at=now - timedelta(minutes=3))
+    Run.objects.filter(pk=abandoned.pk).update(
+        started_at=now - timedelta(seconds=settings.AFHOST_RUN_TIMEOUT) - timedelta(minutes=3)
+    )
+
+    # when
+    with (
+        mock.patch("afhost.services.async_task", autospec=True) as async_task,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        counts = services.sweep_runs(now=now)
+
+    # then
+    assert counts == (1, 1)
+    async_task.assert_called_once_with("afhost.tasks.execute_run", lost.pk, q_options=mock.ANY)
+    lost.refresh_from_db()
+    assert lost.enqueued_at > now - timedelta(seconds=5)
+    assert Run.objects.get(pk=fresh.pk).status == Run.Status.QUEUED
+    assert Run.objects.get(pk=abandoned.pk).status == Run.Status.FAILED
