@@ -20,10 +20,7 @@ run: $(VENV)/installed
 	@echo "Local API key (Authorization: Bearer ...):"
 	@$(PY) manage.py ensure_dev_api_key
 	@echo "Serving on http://127.0.0.1:$(PORT)/ (admin at /admin/, Responses API at /v1/responses)"
-	@trap 'kill 0' INT TERM EXIT; \
-	  $(PY) manage.py qcluster & \
-	  $(PY) manage.py runserver 127.0.0.1:$(PORT) --noreload & \
-	  wait
+	@PY=$(PY) PORT=$(PORT) bash scripts/run.sh
 
 # The whole test suite: DATABASE_URL if set, SQLite otherwise.
 test: $(VENV)/installed
