@@ -36,10 +36,14 @@ class RunRenderer(Protocol):
 class Channel(Protocol):
     name: str
 
-    def renderer(self, run: Run, *, next_sequence: int) -> RunRenderer: ...
-
     def render_output(self, messages: list[Message]) -> list[dict]:
-        """The output items of a finished blocking run."""
+        """The output items of a finished blocking run, as the channel stores them."""
+
+
+class StreamingChannel(Channel, Protocol):
+    """A channel whose runs can stream and run in the background (e.g. the Responses API)."""
+
+    def renderer(self, run: Run, *, next_sequence: int) -> RunRenderer: ...
 
 
 _channels: dict[str, Channel] = {}
@@ -49,7 +53,7 @@ def register_channel(channel: Channel) -> None:
     _channels[channel.name] = channel
 
 
-def get_channel(name: str) -> Channel:
+def get_channel(name: str) -> StreamingChannel:
     try:
         return _channels[name]
     except KeyError:

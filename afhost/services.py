@@ -31,6 +31,13 @@ def new_item_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(24)}"
 
 
+def reset_conversation(*, channel: str, isolation_key: str, key: str) -> None:
+    """Start the named conversation afresh: its next run sees no earlier history."""
+    Conversation.objects.filter(channel=channel, isolation_key=isolation_key, key=key).update(
+        head_run=None, updated_at=timezone.now()
+    )
+
+
 def assign_message_ids(messages: Iterable[Message]) -> None:
     for message in messages:
         message.message_id = message.message_id or new_item_id("msg")
@@ -51,7 +58,7 @@ class StartedRun:
 @transaction.atomic
 def start_run(*, request: ChannelRequest) -> StartedRun:
     """Record a new run for `request`, continuing its conversation; background runs are queued."""
-    isolation_key = request.identity.isolation_key
+    isolation_key = request.isolation_key
     previous, conversation = None, None
     if request.previous_run_id is not None:
         previous = (

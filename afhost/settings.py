@@ -165,3 +165,36 @@ Q_CLUSTER = {
 }
 # Pause between the demo agent's streamed words (seconds), so streaming is visible in a terminal.
 AFHOST_DEMO_TOKEN_DELAY = env_float("AFHOST_DEMO_TOKEN_DELAY", 0.02)
+
+# --- Telegram ----------------------------------------------------------------------------------
+# The channel is on when TELEGRAM_BOT_TOKEN is set; the webhook then also needs its secret.
+TELEGRAM_BOT_TOKEN = env_secret("TELEGRAM_BOT_TOKEN")
+TELEGRAM_WEBHOOK_SECRET = env_secret("TELEGRAM_WEBHOOK_SECRET")
+if TELEGRAM_BOT_TOKEN and not TELEGRAM_WEBHOOK_SECRET and not DEBUG:
+    raise ImproperlyConfigured("TELEGRAM_WEBHOOK_SECRET must be set when TELEGRAM_BOT_TOKEN is.")
+# python-telegram-bot's base_url: the token is appended (e.g. http://127.0.0.1:8081/bot for a
+# self-hosted Bot API server). Files are fetched from the matching /file/bot URL.
+TELEGRAM_API_BASE_URL = env_str("TELEGRAM_API_BASE_URL", "https://api.telegram.org/bot")
+TELEGRAM_API_FILE_URL = env_str(
+    "TELEGRAM_API_FILE_URL", TELEGRAM_API_BASE_URL.removesuffix("/bot") + "/file/bot"
+)
+# Conversations in groups: per_user, per_user_per_conversation or per_conversation.
+TELEGRAM_CONVERSATION_SCOPE = env_str("TELEGRAM_CONVERSATION_SCOPE", "per_user_per_conversation")
+# When the bot answers in groups: mention_only, command_only, mention_or_command or all.
+TELEGRAM_ACCEPT_IN_GROUP = env_str("TELEGRAM_ACCEPT_IN_GROUP", "mention_only")
+# Largest photo or document the bot downloads and hands to the agent, in bytes.
+TELEGRAM_MAX_FILE_BYTES = env_int("TELEGRAM_MAX_FILE_BYTES", 10 * 1024 * 1024, minimum=0)
+for _name, _value, _allowed in (
+    (
+        "TELEGRAM_CONVERSATION_SCOPE",
+        TELEGRAM_CONVERSATION_SCOPE,
+        ("per_user", "per_user_per_conversation", "per_conversation"),
+    ),
+    (
+        "TELEGRAM_ACCEPT_IN_GROUP",
+        TELEGRAM_ACCEPT_IN_GROUP,
+        ("mention_only", "command_only", "mention_or_command", "all"),
+    ),
+):
+    if _value not in _allowed:
+        raise ImproperlyConfigured(f"{_name} must be one of {', '.join(_allowed)}; got {_value!r}")

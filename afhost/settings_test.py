@@ -9,6 +9,10 @@ os.environ.setdefault("AFHOST_POLL_INTERVAL", "0.05")
 os.environ.setdefault("AFHOST_RUN_TIMEOUT", "30")
 os.environ.setdefault("AFHOST_QUEUE_POLL", "0.05")
 os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver")
+os.environ.setdefault("TELEGRAM_BOT_TOKEN", "123456:TEST-TOKEN")
+os.environ.setdefault("TELEGRAM_WEBHOOK_SECRET", "test-webhook-secret")
+# Tests point this at a fake Bot API on loopback; nothing may reach Telegram itself.
+os.environ.setdefault("TELEGRAM_API_BASE_URL", "http://127.0.0.1:9/bot")
 
 from afhost.settings import *  # noqa: E402, F403
 from afhost.settings import BASE_DIR, DATABASES, Q_CLUSTER  # noqa: E402

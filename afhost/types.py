@@ -51,6 +51,13 @@ class ChannelRequest:
     # Continue after this run (public id), or in this named conversation; at most one of them.
     previous_run_id: uuid.UUID | None = None
     conversation_key: str | None = None
+    # Whose data the run and its conversation belong to; the identity's own key unless a channel
+    # shares a conversation between people (e.g. a whole group chat).
+    partition_key: str = ""
+
+    @property
+    def isolation_key(self) -> str:
+        return self.partition_key or self.identity.isolation_key
 
 
 # Finish reasons that mean the answer was cut short.

@@ -14,6 +14,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("readyz", views.readyz, name="readyz"),
     path("readiness", views.readiness, name="readiness"),
+    path("", include("channels_app.urls")),
     # The Responses API, at OpenAI's /v1 paths and at Azure AI Foundry's unprefixed ones.
     path("v1/", include(("channels_app.responses.urls", "responses_v1"))),
     path("", include(("channels_app.responses.urls", "responses"))),

@@ -73,6 +73,7 @@ class Result:
 # --- processes ---
 
 _children: list[subprocess.Popen] = []
+_cleanups: list = []  # callables run at the end, e.g. dropping a temporary database
 
 
 def spawn(cmd: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -168,12 +169,16 @@ def wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float 
     )
 
 
-def sanity_check(name: str, port: int, path: str, headers: dict[str, str]) -> None:
-    """One blocking and one streaming create must both succeed before anything is measured."""
+def sanity_check(
+    name: str, port: int, path: str, headers: dict[str, str], modes: list[str]
+) -> None:
+    """A create of each mode must succeed, with the expected answer, before anything is measured."""
     for mode, body, marker in (
         ("blocking", BLOCKING_BODY, '"completed"'),
         ("streaming", STREAMING_BODY, "response.completed"),
     ):
+        if mode not in modes:
+            continue
         status, text = post(port, path, body, headers)
         if status != 200 or EXPECTED_TEXT not in text or marker not in text:
             raise BenchError(
@@ -356,27 +361,42 @@ def server_cmd(server: str, app: str, port: int) -> list[str]:
     return [str(bindir / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port), app]
 
 
-def ensure_postgres_database(url: str, env: dict[str, str]) -> None:
-    """Create the database named in a postgres URL if it does not exist yet."""
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
-    code = (
-        "import sys, psycopg\n"
-        "from psycopg import sql\n"
-        "with psycopg.connect(sys.argv[1], autocommit=True) as conn:\n"
-        "    if not conn.execute('SELECT 1 FROM pg_database WHERE datname = %s',"
-        " (sys.argv[2],)).fetchone():\n"
-        "        conn.execute(sql.SQL('CREATE DATABASE {}').format(sql.Identifier(sys.argv[2])))\n"
-        "        print('created database', sys.argv[2])\n"
-    )
+PG_ADMIN = """
+import sys, psycopg
+from psycopg import sql
+url, action, name = sys.argv[1:4]
+with psycopg.connect(url, autocommit=True) as conn:
+    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    if action == "create" and not exists:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        print("created database", name)
+    elif action == "drop" and exists:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+"""
+
+
+def postgres_admin(url: str, action: str, name: str, env: dict[str, str]) -> str:
+    """Create (if missing) or drop a database on the server of a postgres URL."""
+    admin_url = urlunsplit(urlsplit(url)._replace(path="/postgres"))
     out = run_checked(
-        [str(VENV_PYTHON), "-c", code, admin_url, name],
+        [str(VENV_PYTHON), "-c", PG_ADMIN, admin_url, action, name],
         env=env,
-        what="creating the Postgres database",
+        what=f"{action} Postgres database {name}",
     )
-    if out.strip():
-        print(f"  {out.strip()}")
+    return out.strip()
+
+
+def prepare_postgres(url: str, env: dict[str, str], *, reuse: bool) -> str:
+    """The URL to benchmark on: a fresh database next to the named one, dropped afterwards
+    (or, with reuse, the named database itself, created if missing)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "bench"
+    if not reuse:
+        name = f"{name}_{os.getpid()}_{int(time.time())}"
+        _cleanups.append(lambda: postgres_admin(url, "drop", name, env))
+    if out := postgres_admin(url, "create", name, env):
+        print(f"  {out}")
+    return urlunsplit(parts._replace(path="/" + name))
 
 
 def afhost_target(args, workdir: Path) -> Target:
@@ -390,8 +410,9 @@ def afhost_target(args, workdir: Path) -> Target:
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }
-    if database_url.startswith(("postgres://", "postgresql://")):
-        ensure_postgres_database(database_url, env)
+    if database_label(database_url) == "postgres":
+        database_url = prepare_postgres(database_url, env, reuse=args.reuse_database)
+        env["DATABASE_URL"] = database_url
     manage = [str(VENV_PYTHON), "manage.py"]
     run_checked([*manage, "migrate", "--verbosity", "0"], env=env, what="manage.py migrate")
     key_out = run_checked(
@@ -489,11 +510,13 @@ def measure(target: Target, args, workdir: Path, load) -> list[Result]:
     try:
         wait_listening(proc, target.port, log)
         try:
-            sanity_check(target.label, target.port, target.path, target.headers)
+            sanity_check(target.label, target.port, target.path, target.headers, args.modes)
         except (OSError, http.client.HTTPException) as exc:
             raise BenchError(
                 f"{target.label}: sanity request failed: {exc!r}\n" + log_tail(log)
             ) from exc
+        except BenchError as exc:
+            raise BenchError(f"{exc}\nserver log:\n{log_tail(log)}") from None
         if args.profile and target.name == "afhost":
             profiler = start_profiler(proc.pid, args, workdir)
         results = []
@@ -614,6 +637,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="afhost's DATABASE_URL (default: a fresh SQLite file in a temp dir)",
     )
+    parser.add_argument(
+        "--reuse-database",
+        action="store_true",
+        help="benchmark on the Postgres database named in --database-url as it is (created if "
+        "missing) instead of a fresh one that is dropped afterwards",
+    )
     parser.add_argument("--duration", type=float, default=10, help="measured seconds per case")
     parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds per case")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
@@ -684,6 +713,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         stop_all()
+        for cleanup in reversed(_cleanups):
+            try:
+                cleanup()
+            except Exception as exc:  # report it and go on cleaning up
+                print(f"cleanup failed: {exc}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
     report(results, labels)
     print(f"\n(total {time.monotonic() - started:.0f}s)")

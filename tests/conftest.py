@@ -3,21 +3,29 @@ subprocesses, both pointed at the test database."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
 from django.conf import settings
+from django.test import Client
+from django.urls import reverse
 from openai import AsyncOpenAI, OpenAI
 
 from afhost.models import ApiKey
 from afhost.services import create_api_key
+from channels_app import tasks
+from channels_app.telegram.services import sweep_updates
+from tests.fakes.telegram_api import FakeTelegramApi
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,11 +36,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _child_env() -> dict[str, str]:
+@pytest.fixture(scope="session")
+def fake_telegram() -> Iterator[FakeTelegramApi]:
+    """A fake Telegram Bot API on loopback, shared by this process and the subprocesses."""
+    with FakeTelegramApi(settings.TELEGRAM_BOT_TOKEN, bot_username="test_bot") as fake:
+        yield fake
+
+
+@pytest.fixture
+def telegram_api(fake_telegram, settings) -> FakeTelegramApi:
+    """The fake Bot API, emptied, with this process's bot pointed at it."""
+    fake_telegram.reset()
+    settings.TELEGRAM_API_BASE_URL = f"{fake_telegram.url}/bot"
+    settings.TELEGRAM_API_FILE_URL = f"{fake_telegram.url}/file/bot"
+    return fake_telegram
+
+
+def _child_env(fake: FakeTelegramApi) -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "afhost.settings_test",
         "AFHOST_TEST_DATABASE_NAME": str(settings.DATABASES["default"]["NAME"]),
+        "TELEGRAM_API_BASE_URL": f"{fake.url}/bot",
+        "TELEGRAM_API_FILE_URL": f"{fake.url}/file/bot",
         "LOG_LEVEL": "INFO",
     }
 
@@ -47,7 +73,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def live_server_url(django_db_setup, tmp_path_factory) -> Iterator[str]:
+def live_server_url(django_db_setup, fake_telegram, tmp_path_factory) -> Iterator[str]:
     """afhost served by daphne in a subprocess, as in production."""
     port = _free_port()
     log = tmp_path_factory.mktemp("daphne") / "daphne.log"
@@ -64,7 +90,7 @@ def live_server_url(django_db_setup, tmp_path_factory) -> Iterator[str]:
                 "afhost.asgi:application",
             ],
             cwd=ROOT,
-            env=_child_env(),
+            env=_child_env(fake_telegram),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -83,14 +109,14 @@ def live_server_url(django_db_setup, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def worker(django_db_setup, tmp_path_factory) -> Iterator[Path]:
+def worker(django_db_setup, fake_telegram, tmp_path_factory) -> Iterator[Path]:
     """A django-q2 cluster (`manage.py qcluster`) in a subprocess; yields its log file."""
     log = tmp_path_factory.mktemp("qcluster") / "qcluster.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "manage.py", "qcluster"],
             cwd=ROOT,
-            env=_child_env(),
+            env=_child_env(fake_telegram),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -147,3 +173,78 @@ def async_client(live_server_url, raw_api_key) -> AsyncOpenAI:
         timeout=30,
         _strict_response_validation=True,
     )
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def telegram_update() -> Callable[..., dict]:
+    """Load tests/fixtures/telegram/<name>.json, optionally with another update_id or text."""
+    counter = iter(range(1, 1_000_000))
+
+    def load(
+        name: str, *, update_id: int | None = None, text: str | None = None, **message_fields
+    ) -> dict:
+        payload = json.loads((FIXTURES / "telegram" / f"{name}.json").read_text())
+        payload["update_id"] = update_id or payload["update_id"] + next(counter) * 1000
+        message = payload.get("message")
+        if message is not None:
+            if text is not None:
+                message["text"] = text
+                message.pop("entities", None)
+            message.update(message_fields)
+        return payload
+
+    return load
+
+
+@dataclass
+class TelegramInbox:
+    """Posts updates to the real webhook view and runs the queued chat tasks in this process."""
+
+    client: Client
+    capture_on_commit: Callable
+    queued: list[int]
+
+    def post(self, payload: dict | bytes, *, secret: str | None = "test-webhook-secret"):
+        headers = {} if secret is None else {"X-Telegram-Bot-Api-Secret-Token": secret}
+        body = payload if isinstance(payload, bytes) else json.dumps(payload)
+        with self.capture_on_commit(execute=True):
+            return self.client.post(
+                reverse("channels_app:telegram_webhook"),
+                body,
+                content_type="application/json",
+                headers=headers,
+            )
+
+    def process(self) -> None:
+        while self.queued:
+            chat_pk = self.queued.pop(0)
+            tasks.process_telegram_chat(chat_pk)
+
+    def sweep(self) -> int:
+        with self.capture_on_commit(execute=True):
+            return sweep_updates()
+
+    def deliver(self, *payloads: dict) -> None:
+        for payload in payloads:
+            assert self.post(payload).status_code == 200
+        self.process()
+
+
+@pytest.fixture
+def telegram_inbox(db, telegram_api, django_capture_on_commit_callbacks) -> Iterator[TelegramInbox]:
+    inbox = TelegramInbox(
+        client=Client(), capture_on_commit=django_capture_on_commit_callbacks, queued=[]
+    )
+
+    def enqueue(func, chat_pk, **options):
+        inbox.queued.append(chat_pk)
+
+    with (
+        mock.patch("channels_app.telegram.services.async_task", side_effect=enqueue),
+        mock.patch("channels_app.telegram.processing.TYPING_EVERY", 0.05),
+        mock.patch("channels_app.telegram.processing.SEND_BACKOFF", 0.01),
+    ):
+        yield inbox

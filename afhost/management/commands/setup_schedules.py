@@ -10,6 +10,13 @@ SCHEDULES = [
         "schedule_type": Schedule.MINUTES,
         "minutes": 1,
     },
+    {
+        "name": "channels_app.sweep_telegram_updates",
+        "func": "channels_app.tasks.sweep_telegram_updates",
+        # every minute: retry Telegram updates whose earlier attempt failed or whose worker died
+        "schedule_type": Schedule.MINUTES,
+        "minutes": 1,
+    },
 ]
 
 

@@ -1,0 +1,3 @@
+from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
+
+__all__ = ["TelegramChat", "TelegramChatMember", "TelegramUpdate"]

@@ -1,0 +1,136 @@
+"""Telegram's inbox: every update as received, the chats it came from, and who talks in them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import models
+from django.utils import timezone
+
+from afhost.models import TimestampedModel
+
+
+class TelegramChatQuerySet(models.QuerySet["TelegramChat"]):
+    def claim(self, pk: int, *, until: datetime) -> bool:
+        """Take the chat's processing lease unless a live one exists (one worker per chat)."""
+        now = timezone.now()
+        free = models.Q(claimed_until__isnull=True) | models.Q(claimed_until__lt=now)
+        return bool(self.filter(free, pk=pk).update(claimed_until=until, updated_at=now))
+
+    def release(self, pk: int) -> None:
+        self.filter(pk=pk).update(claimed_until=None, updated_at=timezone.now())
+
+
+class TelegramChat(TimestampedModel):
+    chat_id = models.BigIntegerField(unique=True)
+    kind = models.CharField(max_length=16, help_text="private, group, supergroup or channel")
+    title = models.CharField(max_length=300, blank=True)
+    is_forum = models.BooleanField(default=False)
+    # The processing lease: while set and in the future, one worker is answering this chat.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    # Set when Telegram refuses to deliver here (the bot was blocked or removed).
+    blocked_at = models.DateTimeField(null=True, blank=True)
+    blocked_reason = models.CharField(max_length=300, blank=True)
+
+    objects = TelegramChatQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return self.title or f"{self.kind} chat {self.chat_id}"
+
+    def mark_blocked(self, reason: str) -> None:
+        now = timezone.now()
+        fields = {"blocked_at": now, "blocked_reason": reason[:300], "updated_at": now}
+        TelegramChat.objects.filter(pk=self.pk).update(**fields)
+        self.blocked_at, self.blocked_reason = now, reason[:300]
+
+    mark_blocked.alters_data = True
+
+
+class TelegramChatMember(TimestampedModel):
+    """Who talks to the bot in a chat."""
+
+    chat = models.ForeignKey(TelegramChat, on_delete=models.CASCADE, related_name="members")
+    identity = models.ForeignKey(
+        "linking.Identity", on_delete=models.CASCADE, related_name="telegram_memberships"
+    )
+    message_count = models.PositiveIntegerField(default=0)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chat", "identity"], name="channels_app_telegramchatmember_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.identity} in {self.chat}"
+
+
+class TelegramUpdate(TimestampedModel):
+    """One update as Telegram sent it; unique on update_id, so a redelivery is ignored."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PROCESSED = "processed"
+        IGNORED = "ignored"
+        FAILED = "failed"
+
+    MAX_ATTEMPTS = 5
+    RETRY_BASE = timedelta(seconds=5)
+
+    update_id = models.BigIntegerField(unique=True)
+    chat = models.ForeignKey(
+        TelegramChat, null=True, blank=True, on_delete=models.SET_NULL, related_name="updates"
+    )
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    # The agent run answering this update, and how many reply messages Telegram has accepted:
+    # a retry continues from there instead of running the agent or sending a part twice.
+    run = models.ForeignKey(
+        "afhost.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    sent_parts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            # Used by services.next_update and the sweeper: a chat's pending updates in order.
+            models.Index(
+                fields=["chat", "update_id"],
+                condition=models.Q(status="pending"),
+                name="channels_app_tgupdate_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"update {self.update_id} ({self.status})"
+
+    def finish(self, *, status: str, error: str = "") -> None:
+        now = timezone.now()
+        fields = {"status": status, "processed_at": now, "last_error": error, "updated_at": now}
+        TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    finish.alters_data = True
+
+    def record_failure(self, error: str) -> None:
+        """Count a failed attempt: retry later with backoff, or give up after MAX_ATTEMPTS."""
+        attempts = self.attempts + 1
+        now = timezone.now()
+        fields = {
+            "attempts": attempts,
+            "last_error": error,
+            "next_attempt_at": now + self.RETRY_BASE * 2 ** (attempts - 1),
+            "status": self.Status.FAILED if attempts >= self.MAX_ATTEMPTS else self.Status.PENDING,
+            "updated_at": now,
+        }
+        TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    record_failure.alters_data = True

@@ -1,0 +1,43 @@
+"""Telegram's webhook: check the secret, store the update, acknowledge at once."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from channels_app.decorators import require_setting
+from channels_app.telegram.services import InvalidUpdate, receive_update
+
+logger = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
+
+
+def _secret_matches(request: HttpRequest) -> bool:
+    expected = settings.TELEGRAM_WEBHOOK_SECRET.encode()
+    given = request.headers.get(SECRET_HEADER, "").encode()
+    return bool(expected) and hmac.compare_digest(given, expected)
+
+
+@csrf_exempt
+@require_POST
+@require_setting("TELEGRAM_BOT_TOKEN")
+async def telegram_webhook(request: HttpRequest) -> HttpResponse:
+    if not _secret_matches(request):
+        return JsonResponse({"ok": False, "description": "Unauthorized"}, status=401)
+    try:
+        payload = json.loads(request.body)
+        if not isinstance(payload, dict):
+            raise InvalidUpdate("an update is a JSON object")
+        await sync_to_async(receive_update)(payload=payload)
+    except (ValueError, UnicodeDecodeError) as exc:  # InvalidUpdate and JSONDecodeError included
+        logger.warning("malformed telegram update rejected: %s", exc)
+        return JsonResponse({"ok": False, "description": f"Malformed update: {exc}"}, status=400)
+    return JsonResponse({"ok": True})

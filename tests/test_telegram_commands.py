@@ -1,0 +1,48 @@
+import io
+from unittest import mock
+
+from django.core.management import call_command
+
+from channels_app.telegram.models import TelegramUpdate
+
+
+def test_set_telegram_webhook_registers_the_url_secret_and_update_types(telegram_api, db):
+    # when
+    out = io.StringIO()
+    call_command("set_telegram_webhook", "https://agent.example.com/", stdout=out)
+
+    # then
+    assert telegram_api.webhook == {
+        "url": "https://agent.example.com/telegram/webhook/",
+        "secret_token": "test-webhook-secret",
+        "allowed_updates": ["message", "callback_query"],
+    }
+    commands = telegram_api.calls_to("setMyCommands")[0].params["commands"]
+    assert {command["command"] for command in commands} >= {"new", "whoami", "link", "help"}
+    assert "https://agent.example.com/telegram/webhook/" in out.getvalue()
+
+
+def test_telegram_poll_feeds_the_inbox_and_confirms_what_it_stored(
+    telegram_api, telegram_update, transactional_db
+):
+    # transactional_db: the command stores updates from its own event loop's thread and connection
+    # given
+    call_command("set_telegram_webhook", "https://agent.example.com", stdout=io.StringIO())
+    telegram_api.push_update(telegram_update("private_text", update_id=701))
+    telegram_api.push_update(telegram_update("start_command", update_id=702))
+
+    # when
+    with mock.patch("channels_app.telegram.services.async_task") as async_task:
+        call_command("telegram_poll", "--once", "--timeout", "0", stdout=io.StringIO())
+
+    # then
+    assert telegram_api.webhook is None
+    assert sorted(TelegramUpdate.objects.values_list("update_id", "status")) == [
+        (701, "pending"),
+        (702, "pending"),
+    ]
+    assert telegram_api.pending_updates == []
+    assert async_task.call_count == 2
+    stored = TelegramUpdate.objects.get(update_id=701).payload
+    assert stored["message"]["text"] == "hello bot"
+    assert stored["message"]["chat"]["id"] == 1111111

@@ -1,0 +1,397 @@
+"""Answering updates: updates are posted to the real webhook, chat tasks run in process, and the
+fake Bot API on loopback records what Telegram would have received."""
+
+import pytest
+from agent_framework import Message
+
+from afhost.models import Run
+from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
+from linking.models import Identity
+
+PRIVATE = 1111111
+GROUP = -1001234567890
+
+
+def _sent(api, chat_id=None):
+    return [
+        call
+        for call in api.calls_to("sendMessage")
+        if not call.failed and (chat_id is None or call.params["chat_id"] == chat_id)
+    ]
+
+
+def test_a_private_message_is_answered_by_the_agent(telegram_inbox, telegram_api, telegram_update):
+    # when
+    telegram_inbox.deliver(telegram_update("private_text", text="hello bot"))
+
+    # then
+    [call] = _sent(telegram_api)
+    assert call.params["chat_id"] == PRIVATE
+    assert call.params["parse_mode"] == "HTML"
+    assert call.params["text"].startswith("You said: &quot;hello bot&quot;.") or call.params[
+        "text"
+    ].startswith('You said: "hello bot".')
+    assert "reply_parameters" not in call.params
+    assert telegram_api.calls_to("sendChatAction")[0].params == {
+        "chat_id": PRIVATE,
+        "action": "typing",
+    }
+    update = TelegramUpdate.objects.get()
+    assert (update.status, update.sent_parts, update.run.status) == (
+        "processed",
+        1,
+        Run.Status.COMPLETED,
+    )
+
+
+def test_the_agent_remembers_a_private_conversation_until_new(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # when
+    telegram_inbox.deliver(
+        telegram_update("private_text", text="my name is Ada"),
+        telegram_update("private_text", text="who am I?"),
+        telegram_update(
+            "start_command",
+            text="/new",
+            entities=[{"type": "bot_command", "offset": 0, "length": 4}],
+        ),
+        telegram_update("private_text", text="and now?"),
+    )
+
+    # then
+    texts = telegram_api.sent_texts(PRIVATE)
+    assert len(texts) == 4
+    assert (
+        "Before that you said: &quot;my name is Ada&quot;." in texts[1]
+        or 'Before that you said: "my name is Ada".' in texts[1]
+    )
+    assert texts[2].startswith("Started a new conversation.")
+    assert "That is the first thing you told me." in texts[3]
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("/start", "Hello Test! I am an AI assistant."),
+        ("/help", "I am an AI assistant."),
+        ("/whoami", "You are Test User (@testuser), Telegram user 1111111."),
+        ("/link", "Account linking is not configured on this bot."),
+        ("/unlink", "Account linking is not configured on this bot."),
+        ("/frobnicate", "I don't know /frobnicate."),
+    ],
+)
+def test_commands_are_answered_without_the_agent(
+    telegram_inbox, telegram_api, telegram_update, command, expected
+):
+    # given
+    payload = telegram_update("start_command")
+    payload["message"]["text"] = command
+    payload["message"]["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+
+    # when
+    telegram_inbox.deliver(payload)
+
+    # then
+    [text] = telegram_api.sent_texts(PRIVATE)
+    assert text.startswith(expected)
+    assert Run.objects.exists() is False
+
+
+def test_a_group_mention_is_answered_in_reply_without_the_mention(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # when
+    telegram_inbox.deliver(telegram_update("group_mention"))
+
+    # then
+    [call] = _sent(telegram_api, GROUP)
+    assert "what is the status?" in call.params["text"]
+    assert "@test_bot" not in call.params["text"]
+    assert call.params["reply_parameters"]["message_id"] == 501
+    assert TelegramChatMember.objects.get().identity.native_id == str(PRIVATE)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "accept", "answered"),
+    [
+        ("group_plain", "mention_only", False),
+        ("group_plain", "all", True),
+        ("group_ask_command", "mention_only", False),
+        ("group_ask_command", "command_only", True),
+        ("group_ask_command", "mention_or_command", True),
+        ("group_mention", "command_only", False),
+        ("group_mention", "mention_or_command", True),
+        ("group_other_bot_command", "all", False),
+    ],
+)
+def test_groups_are_answered_only_when_addressed(
+    telegram_inbox, telegram_api, telegram_update, settings, fixture, accept, answered
+):
+    # given
+    settings.TELEGRAM_ACCEPT_IN_GROUP = accept
+
+    # when
+    telegram_inbox.deliver(telegram_update(fixture))
+
+    # then
+    assert bool(_sent(telegram_api)) is answered
+    assert TelegramUpdate.objects.get().status == ("processed" if answered else "ignored")
+
+
+def test_the_ask_command_passes_its_question(
+    telegram_inbox, telegram_api, telegram_update, settings
+):
+    settings.TELEGRAM_ACCEPT_IN_GROUP = "command_only"
+    telegram_inbox.deliver(telegram_update("group_ask_command"))
+    assert "deploy?" in telegram_api.sent_texts(GROUP)[0]
+
+
+def test_a_forum_topic_is_answered_in_its_thread(telegram_inbox, telegram_api, telegram_update):
+    # when
+    telegram_inbox.deliver(telegram_update("forum_topic"))
+
+    # then
+    [call] = _sent(telegram_api)
+    assert call.params["message_thread_id"] == 42
+    assert "help in this topic" in call.params["text"]
+    assert telegram_api.calls_to("sendChatAction")[0].params["message_thread_id"] == 42
+
+
+def _answers(api, chat_id):
+    return api.sent_texts(chat_id)
+
+
+@pytest.mark.parametrize(
+    ("scope", "group_sees_private", "users_share_group"),
+    [
+        ("per_user_per_conversation", False, False),
+        ("per_user", True, False),
+        ("per_conversation", False, True),
+    ],
+)
+def test_conversation_scopes(
+    telegram_inbox,
+    telegram_api,
+    telegram_update,
+    settings,
+    scope,
+    group_sees_private,
+    users_share_group,
+):
+    # given
+    settings.TELEGRAM_CONVERSATION_SCOPE = scope
+    settings.TELEGRAM_ACCEPT_IN_GROUP = "all"
+    other_user = {"id": 2222222, "is_bot": False, "first_name": "Other"}
+    telegram_inbox.deliver(telegram_update("private_text", text="private secret"))
+    telegram_inbox.deliver(
+        telegram_update("group_plain", text="first in group", **{"from": other_user})
+    )
+
+    # when
+    telegram_inbox.deliver(telegram_update("group_mention", text="second in group"))
+
+    # then
+    answer = _answers(telegram_api, GROUP)[-1]
+    assert ("private secret" in answer) is group_sees_private
+    assert ("first in group" in answer) is users_share_group
+
+
+def test_edited_messages_and_callback_queries_are_acknowledged_and_ignored(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # when
+    telegram_inbox.deliver(telegram_update("edited_message"), telegram_update("callback_query"))
+
+    # then
+    assert _sent(telegram_api) == []
+    assert (
+        telegram_api.calls_to("answerCallbackQuery")[0].params["callback_query_id"]
+        == "4382bfdwdsb323b2d9"
+    )
+    assert sorted(TelegramUpdate.objects.values_list("status", "last_error")) == [
+        ("ignored", "callback queries are not used"),
+        ("ignored", "unsupported update type: edited_message"),
+    ]
+
+
+def test_a_photo_is_downloaded_and_given_to_the_agent_as_bytes(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given
+    telegram_api.add_file("photo-large", b"\xff\xd8\xff jpeg bytes")
+
+    # when
+    telegram_inbox.deliver(telegram_update("photo_caption"))
+
+    # then
+    [text] = telegram_api.sent_texts(PRIVATE)
+    assert "You attached an image (image/jpeg)." in text
+    assert "what is in this picture?" in text
+    assert telegram_api.calls_to("getFile")[0].params["file_id"] == "photo-large"
+    [content] = [
+        c
+        for c in Message.from_dict(Run.objects.get().input_messages[0]).contents
+        if c.type != "text"
+    ]
+    assert content.type == "data"
+    assert "TEST-TOKEN" not in str(Run.objects.get().input_messages)
+
+
+def test_a_photo_over_the_size_cap_is_not_downloaded(
+    telegram_inbox, telegram_api, telegram_update, settings
+):
+    # given
+    settings.TELEGRAM_MAX_FILE_BYTES = 1000
+
+    # when
+    telegram_inbox.deliver(telegram_update("photo_caption"))
+
+    # then
+    assert "too large" in telegram_api.sent_texts(PRIVATE)[0]
+    assert telegram_api.calls_to("getFile") == []
+
+
+def test_a_long_answer_is_split_in_order(telegram_inbox, telegram_api, telegram_update):
+    # given
+    long_text = "\n\n".join(f"Paragraph {i}: " + "word " * 150 for i in range(12))
+
+    # when
+    telegram_inbox.deliver(telegram_update("private_text", text=long_text))
+
+    # then
+    texts = telegram_api.sent_texts(PRIVATE)
+    assert len(texts) == 3
+    assert all(len(text) <= 4096 for text in texts)
+    assert "Paragraph 0" in texts[0]
+    assert "Paragraph 11" in texts[-1]
+    assert TelegramUpdate.objects.get().sent_parts == 3
+
+
+def test_rejected_formatting_is_resent_as_plain_text(telegram_inbox, telegram_api, telegram_update):
+    # given
+    telegram_api.fail_next(
+        "sendMessage", 400, "Bad Request: can't parse entities: unsupported start tag"
+    )
+
+    # when
+    telegram_inbox.deliver(telegram_update("private_text", text="**bold** move"))
+
+    # then
+    failed, sent = telegram_api.calls_to("sendMessage")
+    assert failed.failed is True
+    assert failed.params["parse_mode"] == "HTML"
+    assert "parse_mode" not in sent.params
+    assert "<b>" not in sent.params["text"]
+    assert TelegramUpdate.objects.get().status == "processed"
+
+
+def test_429_waits_as_telegram_asks_and_sends_once(telegram_inbox, telegram_api, telegram_update):
+    # given
+    telegram_api.fail_next(
+        "sendMessage", 429, "Too Many Requests: retry after 1", parameters={"retry_after": 1}
+    )
+
+    # when
+    telegram_inbox.deliver(telegram_update("private_text"))
+
+    # then
+    refused, sent = telegram_api.calls_to("sendMessage")
+    assert sent.at - refused.at >= 1
+    assert len(telegram_api.sent_texts(PRIVATE)) == 1
+
+
+def test_a_server_error_is_retried_with_backoff(telegram_inbox, telegram_api, telegram_update):
+    # given
+    telegram_api.fail_next("sendMessage", 502, "Bad Gateway", times=2)
+
+    # when
+    telegram_inbox.deliver(telegram_update("private_text"))
+
+    # then
+    assert [call.failed for call in telegram_api.calls_to("sendMessage")] == [True, True, False]
+    assert TelegramUpdate.objects.get().status == "processed"
+
+
+def test_a_blocked_bot_is_recorded_and_not_retried(telegram_inbox, telegram_api, telegram_update):
+    # given
+    telegram_api.fail_next("sendMessage", 403, "Forbidden: bot was blocked by the user")
+
+    # when
+    telegram_inbox.deliver(telegram_update("private_text"))
+    telegram_inbox.sweep()
+    telegram_inbox.process()
+
+    # then
+    assert len(telegram_api.calls_to("sendMessage")) == 1
+    update = TelegramUpdate.objects.get()
+    assert update.status == "failed"
+    assert "blocked" in update.last_error
+    identity = Identity.objects.get(native_id=str(PRIVATE))
+    assert identity.unreachable_at is not None
+    assert TelegramChat.objects.get().blocked_at is not None
+
+
+def test_a_failed_attempt_is_retried_later_and_answered_exactly_once(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given: every send of the first attempt fails
+    telegram_api.fail_next("sendMessage", 500, "Internal Server Error", times=4)
+    telegram_inbox.deliver(telegram_update("private_text", text="try me"))
+    update = TelegramUpdate.objects.get()
+    assert (update.status, update.attempts) == ("pending", 1)
+    assert "NetworkError" in update.last_error
+
+    # when: the retry is due and the sweeper queues the chat again
+    TelegramUpdate.objects.update(next_attempt_at=update.created_at)
+    assert telegram_inbox.sweep() == 1
+    telegram_inbox.process()
+
+    # then
+    assert len(telegram_api.sent_texts(PRIVATE)) == 1
+    assert TelegramUpdate.objects.get().status == "processed"
+    assert Run.objects.count() == 1
+
+
+def test_a_retry_sends_only_the_parts_not_yet_delivered(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given: a two-part answer whose second part fails on every attempt of the first round
+    long_text = "\n\n".join("word " * 150 for _ in range(8))
+    telegram_inbox.post(telegram_update("private_text", text=long_text))
+    telegram_api.fail_next("sendMessage", 500, "Internal Server Error", times=1)
+    telegram_inbox.process()
+    assert len(telegram_api.sent_texts(PRIVATE)) == 2
+    telegram_api.reset()
+    update = TelegramUpdate.objects.get()
+    TelegramUpdate.objects.update(sent_parts=1, status="pending", next_attempt_at=update.created_at)
+
+    # when
+    telegram_inbox.sweep()
+    telegram_inbox.process()
+
+    # then: only the second part goes out again, and the agent does not run again
+    [resent] = telegram_api.sent_texts(PRIVATE)
+    assert resent == telegram_api.sent_texts(PRIVATE)[-1]
+    assert "word" in resent
+    assert Run.objects.count() == 1
+
+
+def test_a_chat_is_answered_in_the_order_telegram_sent(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given: updates arrive out of order
+    updates = [
+        telegram_update("private_text", update_id=5000 + i, text=f"message {i}") for i in range(5)
+    ]
+
+    # when
+    for payload in reversed(updates):
+        telegram_inbox.post(payload)
+    telegram_inbox.process()
+
+    # then
+    texts = telegram_api.sent_texts(PRIVATE)
+    assert [
+        text.split("&quot;")[1] if "&quot;" in text else text.split('"')[1] for text in texts
+    ] == [f"message {i}" for i in range(5)]
