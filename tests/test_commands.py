@@ -82,15 +82,13 @@ def test_every_custom_management_command_has_a_test():
     assert [name for name in commands if f'"{name}"' not in tests] == []
 
 
-def test_setup_schedules_declares_the_sweeper_once(db):
+def test_setup_schedules_declares_each_sweeper_once(db):
     # when
     call_command("setup_schedules", stdout=io.StringIO())
     call_command("setup_schedules", stdout=io.StringIO())
 
     # then
-    schedule = Schedule.objects.get()
-    assert (schedule.name, schedule.func, schedule.minutes) == (
-        "afhost.sweep_runs",
-        "afhost.tasks.sweep_runs",
-        1,
-    )
+    assert sorted(Schedule.objects.values_list("name", "func", "minutes")) == [
+        ("afhost.sweep_runs", "afhost.tasks.sweep_runs", 1),
+        ("channels_app.sweep_telegram_updates", "channels_app.tasks.sweep_telegram_updates", 1),
+    ]
