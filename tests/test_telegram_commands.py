@@ -1,4 +1,9 @@
 import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from unittest import mock
 
 from django.core.management import call_command
@@ -46,3 +51,31 @@ def test_telegram_poll_feeds_the_inbox_and_confirms_what_it_stored(
     stored = TelegramUpdate.objects.get(update_id=701).payload
     assert stored["message"]["text"] == "hello bot"
     assert stored["message"]["chat"]["id"] == 1111111
+
+
+def test_telegram_poll_stops_cleanly_on_ctrl_c(telegram_api):
+    # given
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "afhost.settings_test",
+        "TELEGRAM_API_BASE_URL": f"{telegram_api.url}/bot",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "telegram_poll", "--timeout", "1"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    telegram_api.wait_for("getUpdates", timeout=20)
+
+    # when
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=20)
+
+    # then
+    assert process.returncode == 0, output
+    assert "Polling as @test_bot" in output
+    assert output.rstrip().endswith("Stopped.")
+    assert "Traceback" not in output

@@ -395,3 +395,32 @@ def test_a_chat_is_answered_in_the_order_telegram_sent(
     assert [
         text.split("&quot;")[1] if "&quot;" in text else text.split('"')[1] for text in texts
     ] == [f"message {i}" for i in range(5)]
+
+
+def test_typing_is_renewed_while_the_agent_works(telegram_inbox, telegram_api, telegram_update):
+    # when: the scripted agent takes 0.4 s; typing is renewed every 0.05 s in tests
+    telegram_inbox.deliver(telegram_update("private_text", text="sleep 0.4"))
+
+    # then
+    typing = telegram_api.calls_to("sendChatAction")
+    assert len(typing) >= 3
+    assert typing[-1].at < telegram_api.calls_to("sendMessage")[0].at
+
+
+def test_a_document_is_given_to_the_agent_with_its_type(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given
+    telegram_api.add_file("doc-1", b"%PDF-1.7 tiny")
+    payload = telegram_update("photo_caption", caption="summarise this")
+    del payload["message"]["photo"]
+    payload["message"]["document"] = {
+        "file_id": "doc-1", "file_unique_id": "d1", "file_name": "report.pdf", "mime_type": "application/pdf", "file_size": 13,
+    }  # fmt: skip
+
+    # when
+    telegram_inbox.deliver(payload)
+
+    # then
+    [text] = telegram_api.sent_texts(PRIVATE)
+    assert "You attached a file (application/pdf)." in text
