@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -93,7 +94,10 @@ DATABASES = {
         env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+# django-q2's cluster forks its workers; pooled connections must never cross a fork, so the
+# cluster uses plain connections, closed after each task.
+_IS_CLUSTER = sys.argv[1:2] == ["qcluster"]
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and not _IS_CLUSTER:
     # Async views hop into a worker thread per request; a pool keeps connections warm there.
     DATABASES["default"]["OPTIONS"] = {
         "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 10, minimum=1)}

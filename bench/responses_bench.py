@@ -572,12 +572,8 @@ def start_profiler(pid: int, args, workdir: Path) -> subprocess.Popen:
         "--gil",
     ]
     print(f"  profiling pid {pid} with py-spy into {out}")
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=workdir.joinpath("py-spy.log").open("wb"),
-        start_new_session=True,
-    )
+    with workdir.joinpath("py-spy.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     _children.append(proc)
     return proc
 
@@ -715,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop_all()
         for cleanup in reversed(_cleanups):
             try:

@@ -3,8 +3,10 @@ subprocesses, both pointed at the test database."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -64,12 +66,15 @@ def _child_env(fake: FakeTelegramApi) -> dict[str, str]:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
+    """Stop a server started in its own session, with every process it forked."""
+    os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    with contextlib.suppress(ProcessLookupError):  # stragglers of a cluster that stopped uncleanly
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +98,7 @@ def live_server_url(django_db_setup, fake_telegram, tmp_path_factory) -> Iterato
             env=_child_env(fake_telegram),
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -119,6 +125,7 @@ def worker(django_db_setup, fake_telegram, tmp_path_factory) -> Iterator[Path]:
             env=_child_env(fake_telegram),
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     deadline = time.monotonic() + 30
     while "running" not in log.read_text().lower():
