@@ -1,4 +1,5 @@
-"""The one ASGI entry point (daphne, uvicorn): Django, plus a liveness answer before it."""
+"""The one ASGI entry point (daphne, uvicorn): Django, with the liveness probe and the Responses
+create endpoint answered before it."""
 
 import os
 
@@ -9,6 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "afhost.settings")
 django_application = get_asgi_application()
 
 from afhost.targets import get_target  # noqa: E402 (needs Django set up)
+from channels_app.responses import endpoint as create_response  # noqa: E402
 
 # Fail at start-up, not on the first request, when AFHOST_TARGET cannot be loaded.
 get_target()
@@ -24,5 +26,8 @@ async def application(scope, receive, send):
             }
         )
         await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
+        return
+    if scope["type"] == "http" and scope["path"] in create_response.PATHS:
+        await create_response.application(scope, receive, send)
         return
     await django_application(scope, receive, send)

@@ -18,6 +18,7 @@ from afhost.registry import get_channel
 from afhost.selectors import next_event_sequence, run_progress
 from afhost.targets import get_target
 from afhost.types import HostedRunResult
+from afhost.writer import run_writer
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +66,21 @@ class TargetStream:
             self.result = _failure(self.run, exc)
 
 
+async def _finish(run: Run, result: HostedRunResult, output_items: list[dict]) -> None:
+    """Store a foreground run's outcome: a prepared run is inserted, a stored one updated."""
+    if run.pk is None:
+        await run_writer.store(run, result, output_items)
+    else:
+        await sync_to_async(services.finish_run)(run=run, result=result, output_items=output_items)
+
+
 async def run_blocking(started: services.StartedRun) -> Run:
     """A foreground run without streaming: run, store, return the finished row."""
     run = started.run
     result = await invoke(run=run, messages=started.messages)
     services.assign_message_ids(result.messages)
     output_items = get_channel(run.channel).render_output(result.messages)
-    await sync_to_async(services.finish_run)(run=run, result=result, output_items=output_items)
+    await _finish(run, result, output_items)
     return run
 
 
@@ -90,14 +99,13 @@ async def stream_foreground_run(started: services.StartedRun) -> AsyncIterator[l
             if events := renderer.update(update):
                 yield events
         events = renderer.finish(stream.result)
-        await sync_to_async(services.finish_run)(
-            run=run, result=stream.result, output_items=renderer.output_items
-        )
+        await _finish(run, stream.result, renderer.output_items)
         finished = True
         yield events
     finally:
         if not finished:
-            await sync_to_async(run.cancel)()
+            cancelled = HostedRunResult(status=Run.Status.CANCELLED, messages=[])
+            await _finish(run, cancelled, renderer.output_items)
             logger.info("run %s: the client went away; run cancelled", run.public_id)
 
 

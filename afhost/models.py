@@ -202,35 +202,14 @@ class Run(TimestampedModel):
 
     claim.alters_data = True
 
-    def finish(
-        self,
-        *,
-        status: str,
-        output_messages: list[dict],
-        output_items: list[dict],
-        finish_reason: str,
-        usage: dict | None,
-        error: dict | None,
-        error_detail: str = "",
-    ) -> bool:
-        """Record the outcome of an in-progress run; False if it was cancelled meanwhile."""
-        if status not in self.TERMINAL_STATUSES:
-            raise ValueError(f"{status!r} is not a terminal status")
-        now = timezone.now()
-        fields = {
-            "status": status,
-            "output_messages": output_messages,
-            "output_items": output_items,
-            "finish_reason": finish_reason,
-            "usage": usage,
-            "error": error,
-            "error_detail": error_detail,
-            "completed_at": now,
-            "updated_at": now,
-        }
-        updated = Run.objects.filter(pk=self.pk, status=self.Status.IN_PROGRESS).update(**fields)
+    def finish(self, outcome: dict) -> bool:
+        """Store the outcome (services.run_outcome) of this in-progress run.
+
+        False, storing nothing, if it was cancelled meanwhile.
+        """
+        updated = Run.objects.filter(pk=self.pk, status=self.Status.IN_PROGRESS).update(**outcome)
         if updated:
-            for name, value in fields.items():
+            for name, value in outcome.items():
                 setattr(self, name, value)
         return bool(updated)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -55,9 +55,8 @@ class StartedRun:
     messages: list[Message]
 
 
-@transaction.atomic
-def start_run(*, request: ChannelRequest) -> StartedRun:
-    """Record a new run for `request`, continuing its conversation; background runs are queued."""
+def _new_run(request: ChannelRequest) -> tuple[Run, list[Message]]:
+    """An unsaved run for `request` and the history it continues (checked for the caller)."""
     isolation_key = request.isolation_key
     previous, conversation = None, None
     if request.previous_run_id is not None:
@@ -69,13 +68,11 @@ def start_run(*, request: ChannelRequest) -> StartedRun:
         if previous.status in Run.ACTIVE_STATUSES:
             raise InvalidRunState("previous run still in progress", param="previous_response_id")
     elif request.conversation_key is not None:
-        conversation, _ = Conversation.objects.select_for_update().get_or_create(
+        conversation, _ = Conversation.objects.get_or_create(
             channel=request.channel, isolation_key=isolation_key, key=request.conversation_key
         )
         previous = conversation.head_run
-
-    history = conversation_history(run=previous)
-    run = Run.objects.create(
+    run = Run(
         channel=request.channel,
         isolation_key=isolation_key,
         conversation=conversation,
@@ -91,28 +88,55 @@ def start_run(*, request: ChannelRequest) -> StartedRun:
         attributes=dict(request.attributes),
         input_messages=_message_dicts(request.input),
     )
-    if conversation is not None:
-        conversation.head_run = run
-        conversation.save(update_fields=["head_run", "updated_at"])
+    return run, conversation_history(run=previous)
+
+
+def _advance_conversation(run: Run) -> None:
+    if run.conversation_id is not None:
+        Conversation.objects.filter(pk=run.conversation_id).update(
+            head_run=run, updated_at=timezone.now()
+        )
+
+
+@transaction.atomic
+def start_run(*, request: ChannelRequest) -> StartedRun:
+    """Record a new run now, continuing its conversation; background runs are also queued."""
+    run, history = _new_run(request)
+    if request.background:
+        run.enqueued_at = run.created_at
+    run.save(force_insert=True)
+    _advance_conversation(run)
     if request.background:
         if request.stream:
             record_events(
                 run=run, events=get_channel(run.channel).renderer(run, next_sequence=0).start()
             )
-        enqueue_run(run=run)
+        transaction.on_commit(lambda: _queue(run))
     return StartedRun(run=run, messages=[*history, *request.input])
 
 
-def enqueue_run(*, run: Run) -> None:
-    """Hand a queued background run to the workers once the surrounding transaction commits."""
-    run.mark_enqueued()
-    transaction.on_commit(
-        lambda: async_task(
-            "afhost.tasks.execute_run",
-            run.pk,
-            q_options={"task_name": f"run-{run.public_id}", "group": "runs"},
-        )
+def prepare_run(*, request: ChannelRequest) -> StartedRun:
+    """A foreground run, stored only when it ends (see store_finished_runs).
+
+    Until then nobody can see it: its id reaches the client with the finished response, or the
+    first event of a stream; a stream the client leaves is stored as cancelled.
+    """
+    run, history = _new_run(request)
+    return StartedRun(run=run, messages=[*history, *request.input])
+
+
+def _queue(run: Run) -> None:
+    async_task(
+        "afhost.tasks.execute_run",
+        run.pk,
+        q_options={"task_name": f"run-{run.public_id}", "group": "runs"},
     )
+
+
+def enqueue_run(*, run: Run) -> None:
+    """Hand a queued background run to the workers again once the transaction commits."""
+    run.mark_enqueued()
+    transaction.on_commit(lambda: _queue(run))
 
 
 def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
@@ -153,22 +177,44 @@ def record_events(*, run: Run, events: list[dict]) -> None:
 def finish_run(
     *, run: Run, result: HostedRunResult, output_items: list[dict], events: list[dict] = ()
 ) -> bool:
-    """Store the outcome of an in-progress run (and, for stored streams, its last events).
+    """Store the outcome of a stored run (and, for stored streams, its last events).
 
     Returns False, storing nothing, if the run was cancelled meanwhile.
     """
-    finished = run.finish(
-        status=result.status,
-        output_messages=_message_dicts(result.messages),
-        output_items=output_items,
-        finish_reason=result.finish_reason,
-        usage=dict(result.usage) if result.usage else None,
-        error=dict(result.error) if result.error else None,
-        error_detail=result.error_detail,
-    )
+    finished = run.finish(run_outcome(result=result, output_items=output_items))
     if finished and events:
         record_events(run=run, events=events)
     return finished
+
+
+@transaction.atomic
+def store_finished_runs(*, finished: Sequence[tuple[Run, HostedRunResult, list[dict]]]) -> None:
+    """Insert prepared foreground runs with their outcomes (one statement for all of them), and
+    move their conversations on."""
+    for run, result, output_items in finished:
+        for name, value in run_outcome(result=result, output_items=output_items).items():
+            setattr(run, name, value)
+    runs = Run.objects.bulk_create([run for run, _, _ in finished])
+    for run in runs:
+        _advance_conversation(run)
+
+
+def run_outcome(*, result: HostedRunResult, output_items: list[dict]) -> dict:
+    """The fields a finished run stores."""
+    if result.status not in Run.TERMINAL_STATUSES:
+        raise ValueError(f"{result.status!r} is not a terminal status")
+    now = timezone.now()
+    return {
+        "status": result.status,
+        "output_messages": _message_dicts(result.messages),
+        "output_items": output_items,
+        "finish_reason": result.finish_reason,
+        "usage": dict(result.usage) if result.usage else None,
+        "error": dict(result.error) if result.error else None,
+        "error_detail": result.error_detail,
+        "completed_at": now,
+        "updated_at": now,
+    }
 
 
 def cancel_run(*, run: Run) -> Run:

@@ -148,6 +148,8 @@ LOGGING = {
 AFHOST_TARGET = env_str("AFHOST_TARGET", "afhost.demo:agent")
 # A background run that takes longer than this is stopped and marked failed.
 AFHOST_RUN_TIMEOUT = env_int("AFHOST_RUN_TIMEOUT", 600, minimum=5)
+# Seconds a process trusts an API key it has looked up (so revoking takes up to this long).
+AFHOST_API_KEY_CACHE_SECONDS = env_float("AFHOST_API_KEY_CACHE_SECONDS", 5)
 # How often a background run checks whether it was cancelled, and a stream tail polls for events.
 AFHOST_POLL_INTERVAL = env_float("AFHOST_POLL_INTERVAL", 0.1)
 

@@ -59,6 +59,10 @@ class ChannelRequest:
     def isolation_key(self) -> str:
         return self.partition_key or self.identity.isolation_key
 
+    @property
+    def continues_conversation(self) -> bool:
+        return self.previous_run_id is not None or self.conversation_key is not None
+
 
 # Finish reasons that mean the answer was cut short.
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}

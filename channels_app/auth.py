@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from django.http import HttpRequest
+from asgiref.sync import sync_to_async
+from django.conf import settings
 
 from afhost.models import ApiKey, hash_api_key
 from afhost.types import ChannelIdentity
@@ -28,8 +31,8 @@ class ApiCaller:
     call_id: str | None
 
 
-def _header(request: HttpRequest, name: str) -> str | None:
-    value = request.headers.get(name)
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
     if value is None:
         return None
     if not _HEADER_VALUE.fullmatch(value):
@@ -42,8 +45,28 @@ def _header(request: HttpRequest, name: str) -> str | None:
     return value
 
 
-async def authenticate(request: HttpRequest) -> ApiCaller:
-    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
+# key hash -> (key, monotonic deadline): saves a query per request; a revoked key stops working
+# within AFHOST_API_KEY_CACHE_SECONDS in every process.
+_key_cache: dict[str, tuple[ApiKey, float]] = {}
+
+
+def _cached_key(key_hash: str) -> ApiKey | None:
+    cached = _key_cache.get(key_hash)
+    return cached[0] if cached is not None and cached[1] > time.monotonic() else None
+
+
+def _load_key(key_hash: str) -> ApiKey | None:
+    api_key = ApiKey.objects.active().filter(key_hash=key_hash).first()
+    if api_key is None:
+        _key_cache.pop(key_hash, None)
+    else:
+        _key_cache[key_hash] = (api_key, time.monotonic() + settings.AFHOST_API_KEY_CACHE_SECONDS)
+    return api_key
+
+
+async def authenticate(headers: Mapping[str, str]) -> ApiCaller:
+    """Who is calling, from the request headers (names in lower case, or a Django HttpHeaders)."""
+    scheme, _, raw_key = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not raw_key.strip():
         raise ApiError(
             401,
@@ -51,12 +74,13 @@ async def authenticate(request: HttpRequest) -> ApiCaller:
             "Send it in the Authorization header as 'Bearer YOUR_KEY'.",
             code="missing_api_key",
         )
-    api_key = await ApiKey.objects.active().filter(key_hash=hash_api_key(raw_key.strip())).afirst()
+    key_hash = hash_api_key(raw_key.strip())
+    api_key = _cached_key(key_hash) or await sync_to_async(_load_key)(key_hash)
     if api_key is None:
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    user_id = next((v for v in (_header(request, h) for h in USER_HEADERS) if v is not None), None)
-    chat_key = _header(request, CHAT_HEADER)
+    user_id = next((v for v in (_header(headers, h) for h in USER_HEADERS) if v is not None), None)
+    chat_key = _header(headers, CHAT_HEADER)
     if (user_id or chat_key) and not api_key.is_trusted:
         raise ApiError(
             403,
@@ -69,5 +93,5 @@ async def authenticate(request: HttpRequest) -> ApiCaller:
         api_key=api_key,
         identity=ChannelIdentity(channel="api", native_id=native_id),
         chat_key=chat_key,
-        call_id=_header(request, CALL_ID_HEADER),
+        call_id=_header(headers, CALL_ID_HEADER),
     )

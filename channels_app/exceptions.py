@@ -33,16 +33,12 @@ class ApiError(Exception):
             code,
         )
 
+    def response_body(self) -> dict:
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return {"error": error}
+
     def response(self) -> JsonResponse:
-        body = {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-        return JsonResponse(body, status=self.status)
+        return JsonResponse(self.response_body(), status=self.status)
 
 
 def not_found(what: str, value: str, *, param: str | None = None) -> ApiError:

@@ -1,7 +1,11 @@
 import asyncio
+import time
 
+import httpx
 import openai
 import pytest
+
+from afhost.models import Run
 
 
 def test_blocking_create_returns_a_completed_response(client):
@@ -206,3 +210,26 @@ def test_a_failure_before_the_first_token_streams_response_failed(client):
         "response.in_progress",
         "response.failed",
     ]
+
+
+def test_a_stream_the_client_leaves_is_stored_as_cancelled(live_server_url, raw_api_key):
+    # given
+    body = {"model": "demo", "input": "sleep 2", "stream": True}
+    headers = {"Authorization": f"Bearer {raw_api_key}"}
+
+    # when: the client reads the first event, then hangs up
+    with httpx.stream(
+        "POST", f"{live_server_url}/v1/responses", json=body, headers=headers
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                break
+
+    # then
+    deadline = time.monotonic() + 10
+    while not Run.objects.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    run = Run.objects.get()
+    assert run.status == "cancelled"
+    assert run.output_messages == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from agent_framework import AgentResponseUpdate, Content, Message
@@ -61,7 +61,7 @@ def response_object(
         usage, error, finish_reason = result.usage, result.error, result.finish_reason
         completed_at = time.time()
     attributes = run.attributes
-    return _dump(
+    response = _dump(
         Response(
             id=response_id(run.public_id),
             object="response",
@@ -95,6 +95,11 @@ def response_object(
             else None,
         )
     )
+    # The SDK types these as floats; OpenAI sends whole seconds.
+    for name in ("created_at", "completed_at"):
+        if name in response:
+            response[name] = int(response[name])
+    return response
 
 
 def _usage(usage: dict) -> dict:
@@ -407,6 +412,13 @@ class ResponsesRenderer:
 @functools.cache
 def _type_of(event_type: type) -> str:
     return event_type.model_fields["type"].annotation.__args__[0]
+
+
+async def sse_stream(batches: AsyncIterator[list[dict]]) -> AsyncIterator[str]:
+    """Batches of events as SSE text; a comment first, so headers go out at once under daphne."""
+    yield ": stream open\n\n"
+    async for events in batches:
+        yield sse(events)
 
 
 def sse(events: Iterable[dict]) -> str:

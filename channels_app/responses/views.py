@@ -1,4 +1,5 @@
-"""The OpenAI Responses API: create, retrieve (and resume a stream), cancel, delete, input items."""
+"""The OpenAI Responses API, after creation: retrieve (and resume a stream), cancel, delete, input
+items. Creating a response is endpoint.py's."""
 
 from __future__ import annotations
 
@@ -10,17 +11,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from afhost import execution, selectors, services
 from afhost.exceptions import InvalidRunState, RunNotFound
 from afhost.models import Run
-from afhost.types import ChannelRequest
 from channels_app.auth import ApiCaller, authenticate
 from channels_app.exceptions import ApiError, api_endpoint, not_found
-from channels_app.responses.channel import ResponsesChannel
-from channels_app.responses.rendering import input_items, response_object, sse
-from channels_app.responses.schemas import (
-    CreateResponse,
-    parse_body,
-    parse_create,
-    parse_response_id,
-)
+from channels_app.responses.rendering import input_items, response_object, sse_stream
+from channels_app.responses.schemas import parse_response_id
 
 _CANCEL_REFUSALS = {
     "synchronous": "Cannot cancel a synchronous response.",
@@ -30,81 +24,11 @@ _CANCEL_REFUSALS = {
 }
 
 
-def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelRequest:
-    conversation_key = params.conversation
-    if conversation_key is None and params.previous_response_id is None and caller.chat_key:
-        conversation_key = f"chat:{caller.chat_key}"
-    previous_run_id = None
-    if params.previous_response_id is not None:
-        previous_run_id = parse_response_id(params.previous_response_id)
-        if previous_run_id is None:
-            raise not_found(
-                "Previous response", params.previous_response_id, param="previous_response_id"
-            )
-    attributes = {
-        "previous_response_id": params.previous_response_id,
-        "conversation": params.conversation,
-        "user": params.user,
-        "safety_identifier": params.safety_identifier,
-        "call_id": caller.call_id,
-        "api_key": str(caller.api_key.public_id),
-    }
-    return ChannelRequest(
-        channel=ResponsesChannel.name,
-        identity=caller.identity,
-        input=params.input,
-        stream=params.stream,
-        background=params.background,
-        store=params.store,
-        model=params.model,
-        instructions=params.instructions,
-        options=params.options,
-        metadata=params.metadata,
-        attributes={key: value for key, value in attributes.items() if value is not None},
-        previous_run_id=previous_run_id,
-        conversation_key=conversation_key,
-    )
-
-
 def _event_stream(batches: AsyncIterator[list[dict]]) -> StreamingHttpResponse:
-    async def body() -> AsyncIterator[str]:
-        # Daphne sends headers with the first chunk; a comment line sends them at once.
-        yield ": stream open\n\n"
-        async for events in batches:
-            yield sse(events)
-
-    response = StreamingHttpResponse(body(), content_type="text/event-stream")
+    response = StreamingHttpResponse(sse_stream(batches), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
-
-
-@api_endpoint("POST")
-async def response_create(request: HttpRequest) -> HttpResponse:
-    caller = await authenticate(request)
-    params = parse_create(parse_body(request.body))
-    try:
-        started = await sync_to_async(services.start_run)(request=_channel_request(params, caller))
-    except RunNotFound:
-        raise not_found(
-            "Previous response", params.previous_response_id, param="previous_response_id"
-        ) from None
-    except InvalidRunState:
-        raise ApiError(
-            400,
-            f"Previous response with id '{params.previous_response_id}' is still in progress.",
-            param="previous_response_id",
-            code="previous_response_in_progress",
-        ) from None
-    run = started.run
-    if params.background:
-        if params.stream:
-            return _event_stream(execution.tail_run_events(run=run, after=-1))
-        return JsonResponse(response_object(run))
-    if params.stream:
-        return _event_stream(execution.stream_foreground_run(started))
-    run = await execution.run_blocking(started)
-    return JsonResponse(response_object(run))
 
 
 async def _visible_run(caller: ApiCaller, response_id: str) -> Run:
@@ -121,7 +45,7 @@ async def _visible_run(caller: ApiCaller, response_id: str) -> Run:
 
 @api_endpoint("GET", "DELETE")
 async def response_detail(request: HttpRequest, response_id: str) -> HttpResponse:
-    caller = await authenticate(request)
+    caller = await authenticate(request.headers)
     run = await _visible_run(caller, response_id)
     if request.method == "DELETE":
         try:
@@ -158,7 +82,7 @@ async def response_detail(request: HttpRequest, response_id: str) -> HttpRespons
 
 @api_endpoint("POST")
 async def response_cancel(request: HttpRequest, response_id: str) -> HttpResponse:
-    caller = await authenticate(request)
+    caller = await authenticate(request.headers)
     run = await _visible_run(caller, response_id)
     try:
         run = await sync_to_async(services.cancel_run)(run=run)
@@ -173,7 +97,7 @@ async def response_cancel(request: HttpRequest, response_id: str) -> HttpRespons
 
 @api_endpoint("GET")
 async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponse:
-    caller = await authenticate(request)
+    caller = await authenticate(request.headers)
     run = await _visible_run(caller, response_id)
     order = request.GET.get("order", "desc")
     if order not in ("asc", "desc"):

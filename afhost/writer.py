@@ -1,0 +1,76 @@
+"""Storing finished foreground runs in batches, from one thread.
+
+Writing a run costs far more than running the demo agent; under load, the runs that finish
+while one batch is being written are stored together in the next, so a busy server pays one
+INSERT and one commit per batch instead of per request. Nothing waits for company: a lone run
+is written at once. The request still only answers once its run is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from django.db import close_old_connections
+
+from afhost import services
+from afhost.models import Run
+from afhost.types import HostedRunResult
+
+logger = logging.getLogger(__name__)
+
+
+class RunWriter:
+    def __init__(self) -> None:
+        self._pending: list[tuple[Run, HostedRunResult, list[dict], asyncio.Future]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def store(self, run: Run, result: HostedRunResult, output_items: list[dict]) -> None:
+        """Insert a prepared run with its outcome; returns once it is committed."""
+        future = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._pending.append((run, result, output_items, future))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._write_forever, name="run-writer", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+        await future
+
+    def _write_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                batch, self._pending = self._pending, []
+                self._wake.clear()
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[tuple[Run, HostedRunResult, list[dict], asyncio.Future]]) -> None:
+        error: BaseException | None = None
+        try:
+            close_old_connections()  # a connection the database dropped is replaced, not reused
+            services.store_finished_runs(
+                finished=[(run, result, items) for run, result, items, _ in batch]
+            )
+        except Exception as exc:
+            logger.exception("storing %d finished run(s) failed", len(batch))
+            error = exc
+        for *_, future in batch:
+            future.get_loop().call_soon_threadsafe(_settle, future, error)
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():  # the request was cancelled meanwhile
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+run_writer = RunWriter()

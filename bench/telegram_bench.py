@@ -1,0 +1,603 @@
+"""Benchmark: the Telegram webhook's acknowledgement latency, and webhook-to-answer time.
+
+afhost's ASGI server and its django-q2 worker (`manage.py qcluster`, ORM broker) run as in
+production; Telegram's Bot API is `tests/fakes/telegram_api.py`'s fake, in this process, on
+127.0.0.1. For each queue poll interval (`--polls`, django-q2's `AFHOST_QUEUE_POLL`):
+
+1. burst: `--updates` distinct private-chat updates spread over `--chats` chats, posted to
+   `POST /telegram/webhook/` as fast as `--connections` keep-alive connections allow. Reported:
+   p50/p99/max of the time to the 200 acknowledgement and acks/s; p50/p99/max of the time from
+   posting an update to the fake API recording the demo agent's `sendMessage` that quotes it,
+   and how long the whole burst took to be answered;
+2. idle: `--idle` single updates, one at a time, each waiting for its answer (with a random
+   0.1-0.3 s pause between them), which shows the broker's queue latency.
+
+At the end every update must have been acknowledged with 200 and answered exactly once.
+Only 127.0.0.1 is ever contacted. See bench/README.md.
+
+    .venv/bin/python bench/telegram_bench.py [--server uvicorn|daphne] [--updates 500]
+        [--database-url postgresql://postgres@127.0.0.1:5432/bench]
+
+This is a benchmark, not a test: it exits 0 whatever the figures (2 when it could not measure,
+130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import html
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import responses_bench as rb  # noqa: E402
+from bench.responses_bench import (  # noqa: E402
+    BenchError,
+    database_label,
+    free_port,
+    log_tail,
+    prepare_postgres,
+    run_checked,
+    server_cmd,
+    spawn,
+    stop,
+    stop_all,
+    wait_listening,
+)
+from tests.fakes.telegram_api import FakeTelegramApi  # noqa: E402
+
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+TOKEN = "123456:BENCH"  # noqa: S105 (a fake bot's token)
+SECRET = "bench-secret"  # noqa: S105 (the fake webhook's secret)
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+WEBHOOK_PATH = "/telegram/webhook/"
+FIXTURE = ROOT / "tests" / "fixtures" / "telegram" / "private_text.json"
+# The demo agent's answer starts with this (afhost/demo.py: demo_reply).
+ANSWER_RE = re.compile(r'You said: "(.*?)"\.')
+REQUEST_TIMEOUT = 30.0
+FIRST_CHAT_ID = 5_000_000
+FIRST_UPDATE_ID = 1_000_000
+
+STATS_SCRIPT = """
+import json
+from collections import Counter
+from django.db.models import Max
+from django_q.models import Failure, OrmQ
+from channels_app.telegram.models import TelegramUpdate
+updates = TelegramUpdate.objects.all()
+print(json.dumps({
+    "updates": dict(Counter(updates.values_list("status", flat=True))),
+    "max_attempts": updates.aggregate(m=Max("attempts"))["m"] or 0,
+    "task_failures": Failure.objects.count(),
+    "queued_tasks": OrmQ.objects.count(),
+}))
+"""
+
+
+@dataclass(eq=False)
+class Sample:
+    """One update posted to the webhook, and what became of it."""
+
+    update_id: int
+    chat_id: int
+    text: str
+    body: bytes
+    sent_at: float = 0.0  # time.monotonic(), the clock of the fake's Call.at
+    acked_at: float = 0.0
+    status: int = 0  # 0: no HTTP answer (see error)
+    error: str = ""
+    answers: list[float] = field(default_factory=list)  # sendMessage arrival times
+
+    @property
+    def ack(self) -> float:
+        return self.acked_at - self.sent_at
+
+    @property
+    def e2e(self) -> float:
+        return self.answers[0] - self.sent_at
+
+
+@dataclass
+class Stats:
+    n: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def stats(seconds: list[float]) -> Stats:
+    if not seconds:
+        return Stats(0, float("nan"), float("nan"), float("nan"))
+    ordered = sorted(seconds)
+
+    def rank(p: float) -> float:  # nearest-rank percentile
+        return ordered[max(0, min(len(ordered) - 1, -(-len(ordered) * p // 100) - 1))] * 1e3
+
+    return Stats(len(ordered), rank(50), rank(99), ordered[-1] * 1e3)
+
+
+# --- updates and answers ---
+
+
+class Updates:
+    """Makes distinct updates from the fixture; matches the fake's sendMessage calls to them."""
+
+    def __init__(self, fake: FakeTelegramApi) -> None:
+        self.fake = fake
+        self.template = json.loads(FIXTURE.read_text())
+        self.next_update_id = FIRST_UPDATE_ID
+        self.next_chat_id = FIRST_CHAT_ID
+        self.samples: dict[tuple[int, str], Sample] = {}
+        self.seen = 0  # sendMessage calls looked at so far
+        self.unmatched: list[str] = []
+        self.failed_sends = 0
+
+    def chats(self, count: int) -> list[int]:
+        first, self.next_chat_id = self.next_chat_id, self.next_chat_id + count
+        return list(range(first, first + count))
+
+    def make(self, chat_id: int, phase: str) -> Sample:
+        update_id, self.next_update_id = self.next_update_id, self.next_update_id + 1
+        text = f"bench {phase} {update_id}"
+        update = copy.deepcopy(self.template)
+        message = update["message"]
+        update["update_id"] = update_id
+        message.update(message_id=update_id, date=int(time.time()), text=text)
+        message["from"]["id"] = chat_id
+        message["from"]["username"] = f"bench{chat_id}"
+        message["chat"].update(id=chat_id, username=f"bench{chat_id}")
+        sample = Sample(update_id, chat_id, text, json.dumps(update).encode())
+        self.samples[(chat_id, text)] = sample
+        return sample
+
+    def collect(self) -> None:
+        calls = self.fake.calls_to("sendMessage")
+        for call in calls[self.seen :]:
+            if call.failed:
+                self.failed_sends += 1
+                continue
+            text = html.unescape(str(call.params.get("text", "")))
+            quoted = ANSWER_RE.match(text)
+            sample = self.samples.get((call.params.get("chat_id"), quoted and quoted.group(1)))
+            if sample is None:
+                self.unmatched.append(text[:120])
+            else:
+                sample.answers.append(call.at)
+        self.seen = len(calls)
+
+    def wait_answered(self, samples: list[Sample], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.collect()
+            if all(s.answers or not s.acked_at for s in samples):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
+# --- the webhook client: keep-alive HTTP/1.1 over raw asyncio sockets ---
+
+
+def webhook_request(port: int, body: bytes) -> bytes:
+    head = (
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n"
+        "Content-Type: application/json\r\n"
+        f"{SECRET_HEADER}: {SECRET}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """(status, body, whether the server closes the connection)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+    lines = head.split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    fields = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name.strip().lower()] = value.strip().lower()
+    close = fields.get("connection") == "close"
+    if "content-length" in fields:
+        body = await reader.readexactly(int(fields["content-length"]))
+    elif fields.get("transfer-encoding") == "chunked":
+        parts = []
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            parts.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readuntil(b"\r\n")
+        body = b"".join(parts)
+    else:
+        body, close = await reader.read(), True
+    return status, body, close
+
+
+async def _connection(port: int, todo: deque[Sample], stream) -> None:
+    reader, writer = stream
+    try:
+        while todo:
+            sample = todo.popleft()
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            sample.sent_at = time.monotonic()
+            try:
+                writer.write(webhook_request(port, sample.body))
+                status, body, close = await asyncio.wait_for(
+                    read_response(reader), REQUEST_TIMEOUT
+                )
+            except (OSError, EOFError, ValueError, TimeoutError) as exc:
+                sample.error, close = repr(exc), True
+            else:
+                sample.acked_at, sample.status = time.monotonic(), status
+                if status != 200 or json.loads(body or b"{}").get("ok") is not True:
+                    sample.error = body[:200].decode(errors="replace")
+            if close:
+                writer.close()
+                reader = writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def _post_all(port: int, samples: list[Sample], connections: int) -> None:
+    # Connect first, so the burst's clock starts with every connection open.
+    streams = [
+        await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(max(1, min(connections, len(samples))))
+    ]
+    todo = deque(samples)
+    await asyncio.gather(*(_connection(port, todo, stream) for stream in streams))
+
+
+def post_all(port: int, samples: list[Sample], connections: int) -> None:
+    asyncio.run(_post_all(port, samples, connections))
+
+
+# --- processes ---
+
+
+def afhost_env(args, workdir: Path, fake: FakeTelegramApi) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "SECRET_KEY": "bench",
+        "AFHOST_DEMO_TOKEN_DELAY": "0",
+        "LOG_LEVEL": "WARNING",
+        "TELEGRAM_BOT_TOKEN": TOKEN,
+        "TELEGRAM_WEBHOOK_SECRET": SECRET,
+        "TELEGRAM_API_BASE_URL": f"{fake.url}/bot",
+        "TELEGRAM_API_FILE_URL": f"{fake.url}/file/bot",
+        "AFHOST_WORKERS": str(args.workers),
+        "DATABASE_URL": args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    if database_label(env["DATABASE_URL"]) == "postgres":
+        env["DATABASE_URL"] = prepare_postgres(env["DATABASE_URL"], env, reuse=False)
+    return env
+
+
+def start_worker(env: dict[str, str], poll: float, log: Path) -> subprocess.Popen:
+    worker_env = {**env, "AFHOST_QUEUE_POLL": f"{poll:g}"}
+    return spawn([str(VENV_PYTHON), "manage.py", "qcluster"], env=worker_env, log=log)
+
+
+def check_alive(procs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
+    for name, (proc, log) in procs.items():
+        if proc.poll() is not None:
+            raise BenchError(f"the {name} exited ({proc.returncode}):\n" + log_tail(log))
+
+
+def log_problems(log: Path) -> int:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if "Traceback" in line or " ERROR " in line)
+
+
+# --- the phases ---
+
+
+@dataclass
+class Phase:
+    name: str
+    poll: float
+    samples: list[Sample]
+    seconds: float = 0.0  # posting (burst: first send to last ack)
+    answered_in: float = 0.0  # first send to last first-answer
+    drains: int = 0  # getMe calls: one per drain_chat (a worker answering a chat's backlog)
+    pickup: list[float] = field(default_factory=list)  # idle: sent -> worker's getMe
+    work: list[float] = field(default_factory=list)  # idle: getMe -> sendMessage
+    unanswered: int = 0
+
+
+def warm_up(updates: Updates, port: int, procs, timeout: float) -> None:
+    """One update end to end: the server, the worker and the fake are all ready."""
+    chat = updates.chats(1)[0]
+    for _ in range(3):
+        sample = updates.make(chat, "warmup")
+        post_all(port, [sample], 1)
+        if sample.status != 200:
+            raise BenchError(f"warm-up update got {sample.status} {sample.error}")
+        if not updates.wait_answered([sample], timeout):
+            check_alive(procs)
+            raise BenchError(f"the warm-up update was not answered within {timeout:.0f}s")
+
+
+def burst(updates: Updates, port: int, args, poll: float, procs) -> Phase:
+    chats = updates.chats(args.chats)
+    samples = [updates.make(chats[i % len(chats)], "burst") for i in range(args.updates)]
+    phase = Phase("burst", poll, samples)
+    getme_before = len(updates.fake.calls_to("getMe"))
+    print(
+        f"  burst: {len(samples)} updates over {len(chats)} chats, "
+        f"{args.connections} connections ..."
+    )
+    post_all(port, samples, args.connections)
+    first = min(s.sent_at for s in samples)
+    phase.seconds = max(s.acked_at or s.sent_at for s in samples) - first
+    complete = updates.wait_answered(samples, args.answer_timeout)
+    check_alive(procs)
+    answered = [s for s in samples if s.answers]
+    phase.unanswered = sum(1 for s in samples if s.acked_at and not s.answers)
+    if answered:
+        phase.answered_in = max(s.answers[0] for s in answered) - first
+    phase.drains = len(updates.fake.calls_to("getMe")) - getme_before
+    if not complete:
+        print(f"  ! {phase.unanswered} updates unanswered after {args.answer_timeout:.0f}s")
+    return phase
+
+
+def idle(updates: Updates, port: int, args, poll: float, procs) -> Phase:
+    chat = updates.chats(1)[0]
+    phase = Phase("idle", poll, [])
+    print(f"  idle: {args.idle} single updates, one at a time ...")
+    for _ in range(args.idle):
+        time.sleep(random.uniform(0.1, 0.3))  # sample every phase of the broker's poll
+        sample = updates.make(chat, "idle")
+        phase.samples.append(sample)
+        post_all(port, [sample], 1)
+        if not updates.wait_answered([sample], REQUEST_TIMEOUT):
+            check_alive(procs)
+            phase.unanswered += 1
+            continue
+        fetched = [c.at for c in updates.fake.calls_to("getMe") if c.at >= sample.sent_at]
+        if fetched:
+            phase.pickup.append(fetched[0] - sample.sent_at)
+            phase.work.append(sample.answers[0] - fetched[0])
+    return phase
+
+
+# --- report ---
+
+
+def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, int]) -> None:
+    rows: list[tuple[str, Stats, str]] = []
+    for p in phases:
+        acked = [s for s in p.samples if s.status == 200]
+        answered = [s for s in p.samples if s.answers]
+        label = f"{p.name} poll {p.poll:g}s"
+        if p.name == "burst":
+            rate = len(acked) / p.seconds if p.seconds else 0.0
+            rows.append((f"{label}: ack", stats([s.ack for s in acked]), f"{rate:.0f} acks/s"))
+            speed = len(answered) / p.answered_in if p.answered_in else 0.0
+            rows.append(
+                (
+                    f"{label}: webhook -> sendMessage",
+                    stats([s.e2e for s in answered]),
+                    f"all answered in {p.answered_in:.1f}s ({speed:.0f}/s), "
+                    f"{p.drains} drain_chat runs",
+                )
+            )
+        else:
+            rows.append((f"{label}: ack", stats([s.ack for s in acked]), ""))
+            rows.append((f"{label}: webhook -> sendMessage", stats([s.e2e for s in answered]), ""))
+            rows.append((f"{label}:   webhook -> worker getMe", stats(p.pickup), "queue pickup"))
+            rows.append((f"{label}:   getMe -> sendMessage", stats(p.work), "in the worker"))
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'':{width}}  {'n':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max ms':>8}")
+    for label, s, note in rows:
+        print(f"{label:{width}}  {s.n:4d}  {s.p50_ms:8.1f}  {s.p99_ms:8.1f}  {s.max_ms:8.1f}  {note}")
+
+    samples = list(updates.samples.values())
+    statuses = Counter(s.status for s in samples)
+    answers = Counter(len(s.answers) for s in samples)
+    print()
+    print(
+        f"acknowledgements: {len(samples)} posted; "
+        + ", ".join(f"{count} x {status or 'no answer'}" for status, count in sorted(statuses.items()))
+    )
+    for s in [s for s in samples if s.status != 200][:5]:
+        print(f"  update {s.update_id}: {s.status} {s.error}")
+    once = answers.get(1, 0)
+    verdict = "OK" if once == len(samples) and not updates.unmatched else "NOT OK"
+    print(
+        f"answers: {once} answered exactly once, {answers.get(0, 0)} not answered, "
+        f"{sum(c for n, c in answers.items() if n > 1)} answered more than once, "
+        f"{len(updates.unmatched)} unmatched sendMessage, {updates.failed_sends} failed sends: "
+        f"{verdict}"
+    )
+    for text in updates.unmatched[:3]:
+        print(f"  unmatched: {text!r}")
+    if db:
+        print(
+            f"database: updates {db['updates']}, max attempts {db['max_attempts']}, "
+            f"django-q failures {db['task_failures']}, still queued {db['queued_tasks']}"
+        )
+    print("log lines with Traceback/ERROR: " + ", ".join(f"{k} {v}" for k, v in problems.items()))
+
+
+def as_json(phases: list[Phase], args, updates: Updates) -> dict:
+    out = {"server": args.server, "database": database_label(args.database_url or "sqlite")}
+    out["workers"], out["phases"] = args.workers, []
+    for p in phases:
+        acked = [s for s in p.samples if s.status == 200]
+        answered = [s for s in p.samples if s.answers]
+        out["phases"].append(
+            {
+                "phase": p.name,
+                "poll": p.poll,
+                "ack": vars(stats([s.ack for s in acked])),
+                "e2e": vars(stats([s.e2e for s in answered])),
+                "acks_per_s": len(acked) / p.seconds if p.seconds else None,
+                "answered_in_s": p.answered_in,
+                "drains": p.drains,
+                "pickup": vars(stats(p.pickup)),
+                "work": vars(stats(p.work)),
+                "unanswered": p.unanswered,
+            }
+        )
+    answers = Counter(len(s.answers) for s in updates.samples.values())
+    out["answer_counts"] = {str(k): v for k, v in sorted(answers.items())}
+    return out
+
+
+# --- the run ---
+
+
+def run(args, workdir: Path, fake: FakeTelegramApi) -> tuple[list[Phase], Updates, dict, dict]:
+    env = afhost_env(args, workdir, fake)
+    run_checked(
+        [str(VENV_PYTHON), "manage.py", "migrate", "--verbosity", "0"],
+        env=env,
+        what="manage.py migrate",
+    )
+    port = free_port()
+    server_log, worker_log = workdir / "server.log", workdir / "worker.log"
+    print(f"- {args.server} on 127.0.0.1:{port}, {database_label(env['DATABASE_URL'])}")
+    server = spawn(server_cmd(args.server, "afhost.asgi:application", port), env=env, log=server_log)
+    wait_listening(server, port, server_log)
+    updates = Updates(fake)
+    phases: list[Phase] = []
+    for poll in args.polls:
+        print(f"- worker: qcluster, {args.workers} workers, AFHOST_QUEUE_POLL={poll:g}")
+        worker = start_worker(env, poll, worker_log)
+        procs = {"server": (server, server_log), "worker": (worker, worker_log)}
+        try:
+            warm_up(updates, port, procs, timeout=60)
+            phases.append(burst(updates, port, args, poll, procs))
+            phases.append(idle(updates, port, args, poll, procs))
+            time.sleep(1)  # a late duplicate answer would show up here
+            updates.collect()
+        finally:
+            stop(worker)
+    stop(server)
+    db = {}
+    try:
+        out = run_checked(
+            [str(VENV_PYTHON), "manage.py", "shell", "-c", STATS_SCRIPT],
+            env=env,
+            what="database summary",
+        )
+        db = json.loads(out.strip().splitlines()[-1])
+    except (BenchError, ValueError, IndexError) as exc:
+        print(f"(no database summary: {exc})")
+    problems = {"server": log_problems(server_log), "worker": log_problems(worker_log)}
+    for name, log in (("server", server_log), ("worker", worker_log)):
+        if problems[name]:
+            print(f"\n{name} log (tail):\n{log_tail(log, 20)}")
+    return phases, updates, db, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=("uvicorn", "daphne"), default="uvicorn")
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="a postgres:// URL on this machine: a fresh database is created next to the one "
+        "named and dropped at the end (default: a fresh SQLite file in a temp dir)",
+    )
+    parser.add_argument("--updates", type=int, default=500, help="updates in the burst")
+    parser.add_argument("--chats", type=int, default=50, help="chats the burst is spread over")
+    parser.add_argument("--connections", type=int, default=32, help="burst connections")
+    parser.add_argument("--workers", type=int, default=2, help="django-q2 workers")
+    parser.add_argument("--idle", type=int, default=20, help="single updates, one at a time")
+    parser.add_argument(
+        "--polls",
+        default="0.1,0.02",
+        help="AFHOST_QUEUE_POLL values, one worker run each (default: 0.1,0.02)",
+    )
+    parser.add_argument(
+        "--answer-timeout", type=float, default=180, help="seconds to wait for a burst's answers"
+    )
+    parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        args.polls = [float(p) for p in args.polls.split(",") if p]
+    except ValueError:
+        parser.error("--polls takes comma-separated seconds, e.g. 0.1,0.02")
+    if min(args.updates, args.chats, args.connections, args.workers, len(args.polls)) < 1:
+        parser.error("--updates, --chats, --connections, --workers and --polls must be >= 1")
+    if args.database_url and urlsplit(args.database_url).hostname not in (
+        None,
+        "127.0.0.1",
+        "localhost",
+        "::1",
+    ):
+        parser.error("--database-url must point at this machine (127.0.0.1)")
+    if args.server == "uvicorn" and not (ROOT / ".venv" / "bin" / "uvicorn").exists():
+        print("uvicorn is not installed in .venv: using daphne")
+        args.server = "daphne"
+
+    signal.signal(signal.SIGTERM, rb._raise_interrupt)
+    signal.signal(signal.SIGHUP, rb._raise_interrupt)
+    print(
+        f"telegram bench: {args.updates} updates / {args.chats} chats / {args.connections} "
+        f"connections, {args.idle} idle updates, {args.workers} workers, polls "
+        f"{', '.join(f'{p:g}' for p in args.polls)}; {platform.python_implementation()} "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs"
+    )
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="afhost-tgbench-"))
+    fake = FakeTelegramApi(TOKEN).start()
+    try:
+        phases, updates, db, problems = run(args, workdir, fake)
+    except BenchError as exc:
+        print(f"\nbench aborted: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_all()
+        fake.stop()
+        for cleanup in reversed(rb._cleanups):
+            try:
+                cleanup()
+            except Exception as exc:  # report it and go on cleaning up
+                print(f"cleanup failed: {exc}", file=sys.stderr)
+        shutil.rmtree(workdir, ignore_errors=True)
+    report(phases, updates, db, problems)
+    print(f"\n(total {time.monotonic() - started:.0f}s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(as_json(phases, args, updates), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
