@@ -67,7 +67,7 @@ from tests.fakes.telegram_api import FakeTelegramApi  # noqa: E402
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 TOKEN = "123456:BENCH"  # noqa: S105 (a fake bot's token)
 SECRET = "bench-secret"  # noqa: S105 (the fake webhook's secret)
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 WEBHOOK_PATH = "/telegram/webhook/"
 FIXTURE = ROOT / "tests" / "fixtures" / "telegram" / "private_text.json"
 # The demo agent's answer starts with this (afhost/demo.py: demo_reply).
@@ -242,9 +242,7 @@ async def _connection(port: int, todo: deque[Sample], stream) -> None:
             sample.sent_at = time.monotonic()
             try:
                 writer.write(webhook_request(port, sample.body))
-                status, body, close = await asyncio.wait_for(
-                    read_response(reader), REQUEST_TIMEOUT
-                )
+                status, body, close = await asyncio.wait_for(read_response(reader), REQUEST_TIMEOUT)
             except (OSError, EOFError, ValueError, TimeoutError) as exc:
                 sample.error, close = repr(exc), True
             else:
@@ -418,7 +416,9 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
     print()
     print(f"{'':{width}}  {'n':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max ms':>8}")
     for label, s, note in rows:
-        print(f"{label:{width}}  {s.n:4d}  {s.p50_ms:8.1f}  {s.p99_ms:8.1f}  {s.max_ms:8.1f}  {note}")
+        print(
+            f"{label:{width}}  {s.n:4d}  {s.p50_ms:8.1f}  {s.p99_ms:8.1f}  {s.max_ms:8.1f}  {note}"
+        )
 
     samples = list(updates.samples.values())
     statuses = Counter(s.status for s in samples)
@@ -426,7 +426,9 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
     print()
     print(
         f"acknowledgements: {len(samples)} posted; "
-        + ", ".join(f"{count} x {status or 'no answer'}" for status, count in sorted(statuses.items()))
+        + ", ".join(
+            f"{count} x {status or 'no answer'}" for status, count in sorted(statuses.items())
+        )
     )
     for s in [s for s in samples if s.status != 200][:5]:
         print(f"  update {s.update_id}: {s.status} {s.error}")
@@ -486,7 +488,9 @@ def run(args, workdir: Path, fake: FakeTelegramApi) -> tuple[list[Phase], Update
     port = free_port()
     server_log, worker_log = workdir / "server.log", workdir / "worker.log"
     print(f"- {args.server} on 127.0.0.1:{port}, {database_label(env['DATABASE_URL'])}")
-    server = spawn(server_cmd(args.server, "afhost.asgi:application", port), env=env, log=server_log)
+    server = spawn(
+        server_cmd(args.server, "afhost.asgi:application", port), env=env, log=server_log
+    )
     wait_listening(server, port, server_log)
     updates = Updates(fake)
     phases: list[Phase] = []
