@@ -48,18 +48,20 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 class HasErrorFilter(admin.SimpleListFilter):
+    """A "Has error / No error" filter; subclasses say what an error is in `error_condition`."""
+
     title = "error"
     parameter_name = "has_error"
+    error_condition = Q(status=Run.Status.FAILED)
 
     def lookups(self, request, model_admin):
         return (("yes", "Has error"), ("no", "No error"))
 
     def queryset(self, request, queryset):
-        failed = Q(status=Run.Status.FAILED)
         if self.value() == "yes":
-            return queryset.filter(failed)
+            return queryset.filter(self.error_condition)
         if self.value() == "no":
-            return queryset.exclude(failed)
+            return queryset.exclude(self.error_condition)
         return queryset
 
 

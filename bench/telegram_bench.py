@@ -416,9 +416,8 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
     print()
     print(f"{'':{width}}  {'n':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max ms':>8}")
     for label, s, note in rows:
-        print(
-            f"{label:{width}}  {s.n:4d}  {s.p50_ms:8.1f}  {s.p99_ms:8.1f}  {s.max_ms:8.1f}  {note}"
-        )
+        line = f"{label:{width}}  {s.n:4d}  {s.p50_ms:8.1f}  {s.p99_ms:8.1f}  {s.max_ms:8.1f}"
+        print(f"{line}  {note}".rstrip())
 
     samples = list(updates.samples.values())
     statuses = Counter(s.status for s in samples)

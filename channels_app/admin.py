@@ -1,27 +1,17 @@
 from django.contrib import admin
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from afhost.admin import HasErrorFilter
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
 from channels_app.telegram.services import reprocess_updates
 
 _COLOURS = {"pending": "#205493", "processed": "#2e7d32", "ignored": "#666", "failed": "#c62828"}
 
 
-class HasErrorFilter(admin.SimpleListFilter):
-    title = "error"
-    parameter_name = "has_error"
-
-    def lookups(self, request, model_admin):
-        return (("yes", "Has error"), ("no", "No error"))
-
-    def queryset(self, request, queryset):
-        if self.value() == "yes":
-            return queryset.exclude(last_error="")
-        if self.value() == "no":
-            return queryset.filter(last_error="")
-        return queryset
+class LastErrorFilter(HasErrorFilter):
+    error_condition = ~Q(last_error="")
 
 
 @admin.register(TelegramUpdate)
@@ -35,7 +25,7 @@ class TelegramUpdateAdmin(admin.ModelAdmin):
         "created_at",
         "processed_at",
     )
-    list_filter = ("status", HasErrorFilter)
+    list_filter = ("status", LastErrorFilter)
     search_fields = ("update_id", "chat__chat_id", "chat__title")
     list_select_related = ("chat",)
     raw_id_fields = ("chat", "run")
