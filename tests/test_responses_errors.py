@@ -152,3 +152,12 @@ def test_bad_query_parameters_are_rejected(client, post):
     assert _error(bad_cursor, 400)["param"] == "starting_after"
     bad_limit = post(b"", method="GET", path=f"/v1/responses/{response_id}/input_items?limit=1000")
     assert _error(bad_limit, 400)["param"] == "limit"
+
+
+def test_a_host_outside_allowed_hosts_is_refused(post):
+    # when
+    response = post({"input": "hi"}, headers={"Host": "evil.example.com"})
+
+    # then
+    assert _error(response, 400)["code"] == "invalid_host"
+    assert Run.objects.exists() is False

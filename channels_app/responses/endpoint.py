@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from afhost import execution, services
 from afhost.db import in_thread
@@ -125,6 +126,16 @@ async def create_response(headers: Mapping[str, str], body: bytes) -> Reply:
     return Reply(body=response_object(await execution.run_blocking(started)))
 
 
+def _check_host(host: str) -> None:
+    """ALLOWED_HOSTS, as Django's request handling would check it."""
+    allowed = settings.ALLOWED_HOSTS or (
+        [".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else []
+    )
+    domain, _ = split_domain_port(host)
+    if not domain or not validate_host(domain, allowed):
+        raise ApiError(400, f"Invalid HTTP Host header: {host!r}.", code="invalid_host")
+
+
 async def _read_body(receive: Receive) -> bytes:
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     chunks, size = [], 0
@@ -183,6 +194,7 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
     }
     try:
+        _check_host(headers.get("host", ""))
         reply = await create_response(headers, await _read_body(receive))
     except ConnectionAbortedError:
         return
