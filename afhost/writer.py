@@ -9,6 +9,7 @@ is written at once. The request still only answers once its run is committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 
@@ -61,7 +62,8 @@ class RunWriter:
             logger.exception("storing %d finished run(s) failed", len(batch))
             error = exc
         for *_, future in batch:
-            future.get_loop().call_soon_threadsafe(_settle, future, error)
+            with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody waits
+                future.get_loop().call_soon_threadsafe(_settle, future, error)
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:
