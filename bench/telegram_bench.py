@@ -2,13 +2,17 @@
 
 afhost's ASGI server and its django-q2 worker (`manage.py qcluster`, ORM broker) run as in
 production; Telegram's Bot API is `tests/fakes/telegram_api.py`'s fake, in this process, on
-127.0.0.1. For each queue poll interval (`--polls`, django-q2's `AFHOST_QUEUE_POLL`):
+127.0.0.1, optionally with a round-trip delay per call (`--telegram-latency`).
+
+First a burst is posted with no worker running (acknowledgements alone; `--no-baseline` skips
+it). Then, for each queue poll interval (`--polls`, django-q2's `AFHOST_QUEUE_POLL`), a worker
+is started and, once the queue is empty:
 
 1. burst: `--updates` distinct private-chat updates spread over `--chats` chats, posted to
    `POST /telegram/webhook/` as fast as `--connections` keep-alive connections allow. Reported:
    p50/p99/max of the time to the 200 acknowledgement and acks/s; p50/p99/max of the time from
    posting an update to the fake API recording the demo agent's `sendMessage` that quotes it,
-   and how long the whole burst took to be answered;
+   and how long the whole burst took to be answered (and its task queue to empty);
 2. idle: `--idle` single updates, one at a time, each waiting for its answer (with a random
    0.1-0.3 s pause between them), which shows the broker's queue latency.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import html
 import json
@@ -35,6 +40,7 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -274,6 +280,21 @@ def post_all(port: int, samples: list[Sample], connections: int) -> None:
 # --- processes ---
 
 
+def start_fake(args) -> FakeTelegramApi:
+    """The fake Bot API, with --telegram-latency added to every call."""
+    fake = FakeTelegramApi(TOKEN)
+    if args.telegram_latency > 0:
+        handle, delay = fake._handle, args.telegram_latency / 1e3
+
+        def slow_handle(*call_args):
+            response = handle(*call_args)  # records the call (Call.at) on arrival
+            time.sleep(delay)  # then answers later, like a far-away API
+            return response
+
+        fake._handle = slow_handle
+    return fake.start()
+
+
 def afhost_env(args, workdir: Path, fake: FakeTelegramApi) -> dict[str, str]:
     env = {
         **os.environ,
@@ -292,6 +313,38 @@ def afhost_env(args, workdir: Path, fake: FakeTelegramApi) -> dict[str, str]:
     if database_label(env["DATABASE_URL"]) == "postgres":
         env["DATABASE_URL"] = prepare_postgres(env["DATABASE_URL"], env, reuse=False)
     return env
+
+
+class QueueDepth:
+    """How many django-q2 tasks are queued or running: rows of the ORM broker's table."""
+
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+        self.conn = None
+
+    def __call__(self) -> int:
+        query = "SELECT COUNT(*) FROM django_q_ormq"
+        if database_label(self.url) == "sqlite":
+            path = self.url.removeprefix("sqlite:///")  # sqlite:////abs/path
+            with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+                return conn.execute(query).fetchone()[0]
+        if self.conn is None:
+            import psycopg
+
+            self.conn = psycopg.connect(self.url, autocommit=True)
+        return self.conn.execute(query).fetchone()[0]
+
+    def wait_empty(self, timeout: float) -> float | None:
+        """time.monotonic() when the queue was seen empty, None after the timeout."""
+        deadline = time.monotonic() + timeout
+        while (depth := self()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return None if depth else time.monotonic()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def start_worker(env: dict[str, str], poll: float, log: Path) -> subprocess.Popen:
@@ -319,10 +372,11 @@ def log_problems(log: Path) -> int:
 @dataclass
 class Phase:
     name: str
-    poll: float
+    poll: float | None  # None: no worker was running
     samples: list[Sample]
     seconds: float = 0.0  # posting (burst: first send to last ack)
     answered_in: float = 0.0  # first send to last first-answer
+    drained_in: float | None = None  # first send to an empty task queue
     drains: int = 0  # getMe calls: one per drain_chat (a worker answering a chat's backlog)
     pickup: list[float] = field(default_factory=list)  # idle: sent -> worker's getMe
     work: list[float] = field(default_factory=list)  # idle: getMe -> sendMessage
@@ -330,7 +384,7 @@ class Phase:
 
 
 def warm_up(updates: Updates, port: int, procs, timeout: float) -> None:
-    """One update end to end: the server, the worker and the fake are all ready."""
+    """Three updates end to end, one at a time: the server, the worker and the fake are ready."""
     chat = updates.chats(1)[0]
     for _ in range(3):
         sample = updates.make(chat, "warmup")
@@ -342,7 +396,12 @@ def warm_up(updates: Updates, port: int, procs, timeout: float) -> None:
             raise BenchError(f"the warm-up update was not answered within {timeout:.0f}s")
 
 
-def burst(updates: Updates, port: int, args, poll: float, procs) -> Phase:
+def burst(
+    updates: Updates, port: int, args, poll: float | None, procs, queue: QueueDepth | None
+) -> Phase:
+    """A burst of updates; without a queue (no worker running) only the acknowledgements."""
+    if queue is not None and queue.wait_empty(args.answer_timeout) is None:
+        raise BenchError("the task queue did not empty before the burst")
     chats = updates.chats(args.chats)
     samples = [updates.make(chats[i % len(chats)], "burst") for i in range(args.updates)]
     phase = Phase("burst", poll, samples)
@@ -354,21 +413,31 @@ def burst(updates: Updates, port: int, args, poll: float, procs) -> Phase:
     post_all(port, samples, args.connections)
     first = min(s.sent_at for s in samples)
     phase.seconds = max(s.acked_at or s.sent_at for s in samples) - first
+    if queue is None:
+        return phase
     complete = updates.wait_answered(samples, args.answer_timeout)
     check_alive(procs)
     answered = [s for s in samples if s.answers]
     phase.unanswered = sum(1 for s in samples if s.acked_at and not s.answers)
     if answered:
         phase.answered_in = max(s.answers[0] for s in answered) - first
-    phase.drains = len(updates.fake.calls_to("getMe")) - getme_before
     if not complete:
         print(f"  ! {phase.unanswered} updates unanswered after {args.answer_timeout:.0f}s")
+    # The tasks of updates answered by an earlier task of their chat are still queued.
+    remaining = max(5.0, args.answer_timeout - (time.monotonic() - first))
+    if (empty_at := queue.wait_empty(remaining)) is not None:
+        phase.drained_in = empty_at - first
+    else:
+        print(f"  ! the task queue still holds {queue()} tasks")
+    phase.drains = len(updates.fake.calls_to("getMe")) - getme_before
     return phase
 
 
-def idle(updates: Updates, port: int, args, poll: float, procs) -> Phase:
+def idle(updates: Updates, port: int, args, poll: float, procs, queue: QueueDepth) -> Phase:
     chat = updates.chats(1)[0]
     phase = Phase("idle", poll, [])
+    if queue.wait_empty(60) is None:
+        raise BenchError("the task queue did not empty: the system is not idle")
     print(f"  idle: {args.idle} single updates, one at a time ...")
     for _ in range(args.idle):
         time.sleep(random.uniform(0.1, 0.3))  # sample every phase of the broker's poll
@@ -391,11 +460,15 @@ def idle(updates: Updates, port: int, args, poll: float, procs) -> Phase:
 
 def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, int]) -> None:
     rows: list[tuple[str, Stats, str]] = []
+    notes: list[str] = []
     for p in phases:
         acked = [s for s in p.samples if s.status == 200]
         answered = [s for s in p.samples if s.answers]
-        label = f"{p.name} poll {p.poll:g}s"
-        if p.name == "burst":
+        label = f"{p.name} poll {p.poll:g}s" if p.poll is not None else f"{p.name}, no worker"
+        if p.poll is None:
+            rate = len(acked) / p.seconds if p.seconds else 0.0
+            rows.append((f"{label}: ack", stats([s.ack for s in acked]), f"{rate:.0f} acks/s"))
+        elif p.name == "burst":
             rate = len(acked) / p.seconds if p.seconds else 0.0
             rows.append((f"{label}: ack", stats([s.ack for s in acked]), f"{rate:.0f} acks/s"))
             speed = len(answered) / p.answered_in if p.answered_in else 0.0
@@ -403,14 +476,20 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
                 (
                     f"{label}: webhook -> sendMessage",
                     stats([s.e2e for s in answered]),
-                    f"all answered in {p.answered_in:.1f}s ({speed:.0f}/s), "
-                    f"{p.drains} drain_chat runs",
+                    f"all answered in {p.answered_in:.1f}s ({speed:.0f}/s)",
                 )
+            )
+            drained = f"{p.drained_in:.1f}s" if p.drained_in is not None else "not emptied"
+            notes.append(
+                f"{label}: task queue empty {drained} after the first post; "
+                f"{p.drains} drain_chat runs (getMe) for {len(p.samples)} updates"
             )
         else:
             rows.append((f"{label}: ack", stats([s.ack for s in acked]), ""))
             rows.append((f"{label}: webhook -> sendMessage", stats([s.e2e for s in answered]), ""))
-            rows.append((f"{label}:   webhook -> worker getMe", stats(p.pickup), "queue pickup"))
+            rows.append(
+                (f"{label}:   webhook -> worker getMe", stats(p.pickup), "queue pickup + Bot()")
+            )
             rows.append((f"{label}:   getMe -> sendMessage", stats(p.work), "in the worker"))
     width = max(len(r[0]) for r in rows)
     print()
@@ -418,6 +497,8 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
     for label, s, note in rows:
         line = f"{label:{width}}  {s.n:4d}  {s.p50_ms:8.1f}  {s.p99_ms:8.1f}  {s.max_ms:8.1f}"
         print(f"{line}  {note}".rstrip())
+    for note in notes:
+        print(note)
 
     samples = list(updates.samples.values())
     statuses = Counter(s.status for s in samples)
@@ -452,17 +533,19 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
 def as_json(phases: list[Phase], args, updates: Updates) -> dict:
     out = {"server": args.server, "database": database_label(args.database_url or "sqlite")}
     out["workers"], out["phases"] = args.workers, []
+    out["telegram_latency_ms"] = args.telegram_latency
     for p in phases:
         acked = [s for s in p.samples if s.status == 200]
         answered = [s for s in p.samples if s.answers]
         out["phases"].append(
             {
                 "phase": p.name,
-                "poll": p.poll,
+                "poll": p.poll,  # None: no worker running
                 "ack": vars(stats([s.ack for s in acked])),
                 "e2e": vars(stats([s.e2e for s in answered])),
                 "acks_per_s": len(acked) / p.seconds if p.seconds else None,
                 "answered_in_s": p.answered_in,
+                "queue_empty_s": p.drained_in,
                 "drains": p.drains,
                 "pickup": vars(stats(p.pickup)),
                 "work": vars(stats(p.work)),
@@ -492,15 +575,24 @@ def run(args, workdir: Path, fake: FakeTelegramApi) -> tuple[list[Phase], Update
     )
     wait_listening(server, port, server_log)
     updates = Updates(fake)
+    queue = QueueDepth(env["DATABASE_URL"])
+    rb._cleanups.append(queue.close)
     phases: list[Phase] = []
+    if args.baseline:
+        # Acknowledgements alone, with no worker competing; the first worker answers them.
+        print("- no worker yet")
+        procs = {"server": (server, server_log)}
+        post_all(port, [updates.make(updates.chats(1)[0], "warmup") for _ in range(3)], 1)
+        phases.append(burst(updates, port, args, None, procs, None))
     for poll in args.polls:
         print(f"- worker: qcluster, {args.workers} workers, AFHOST_QUEUE_POLL={poll:g}")
         worker = start_worker(env, poll, worker_log)
         procs = {"server": (server, server_log), "worker": (worker, worker_log)}
         try:
-            warm_up(updates, port, procs, timeout=60)
-            phases.append(burst(updates, port, args, poll, procs))
-            phases.append(idle(updates, port, args, poll, procs))
+            warm_up(updates, port, procs, timeout=args.answer_timeout)
+            phases.append(burst(updates, port, args, poll, procs, queue))
+            if args.idle > 0:
+                phases.append(idle(updates, port, args, poll, procs, queue))
             time.sleep(1)  # a late duplicate answer would show up here
             updates.collect()
         finally:
@@ -543,7 +635,21 @@ def main(argv: list[str] | None = None) -> int:
         help="AFHOST_QUEUE_POLL values, one worker run each (default: 0.1,0.02)",
     )
     parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="skip the first burst, posted before any worker runs (acknowledgements only)",
+    )
+    parser.add_argument(
         "--answer-timeout", type=float, default=180, help="seconds to wait for a burst's answers"
+    )
+    parser.add_argument(
+        "--telegram-latency",
+        type=float,
+        default=0,
+        metavar="MS",
+        help="the fake Bot API answers every call MS later (a round trip to api.telegram.org; "
+        "default 0)",
     )
     parser.add_argument("--json", metavar="OUT", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -564,17 +670,20 @@ def main(argv: list[str] | None = None) -> int:
         print("uvicorn is not installed in .venv: using daphne")
         args.server = "daphne"
 
-    signal.signal(signal.SIGTERM, rb._raise_interrupt)
-    signal.signal(signal.SIGHUP, rb._raise_interrupt)
+    # SIGINT too: a bench started in the background by a script inherits it ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, rb._raise_interrupt)
     print(
         f"telegram bench: {args.updates} updates / {args.chats} chats / {args.connections} "
         f"connections, {args.idle} idle updates, {args.workers} workers, polls "
-        f"{', '.join(f'{p:g}' for p in args.polls)}; {platform.python_implementation()} "
+        f"{', '.join(f'{p:g}' for p in args.polls)}; fake Bot API "
+        f"+{args.telegram_latency:g} ms "
+        f"per call; {platform.python_implementation()} "
         f"{platform.python_version()}, {os.cpu_count()} CPUs"
     )
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="afhost-tgbench-"))
-    fake = FakeTelegramApi(TOKEN).start()
+    fake = start_fake(args)
     try:
         phases, updates, db, problems = run(args, workdir, fake)
     except BenchError as exc:

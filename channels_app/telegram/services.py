@@ -94,6 +94,16 @@ def next_update(*, chat: TelegramChat) -> TelegramUpdate | None:
     return chat.updates.filter(status=TelegramUpdate.Status.PENDING).order_by("update_id").first()
 
 
+def _head_is_due(chat_pk: int) -> bool:
+    head = (
+        TelegramUpdate.objects.filter(chat_id=chat_pk, status=TelegramUpdate.Status.PENDING)
+        .order_by("update_id")
+        .only("next_attempt_at")
+        .first()
+    )
+    return head is not None and head.next_attempt_at <= timezone.now()
+
+
 def process_chat(*, chat_pk: int) -> None:
     """Answer a chat's pending updates in order, unless another worker holds the chat.
 
@@ -102,14 +112,16 @@ def process_chat(*, chat_pk: int) -> None:
     """
     from channels_app.telegram.processing import drain_chat
 
+    # Every update queues its chat; the first task answers them all, so most find nothing due.
+    if not _head_is_due(chat_pk):
+        return
     while TelegramChat.objects.claim(chat_pk, until=timezone.now() + _lease()):
         try:
             chat = TelegramChat.objects.get(pk=chat_pk)
             async_to_sync(drain_chat)(chat)
         finally:
             TelegramChat.objects.release(chat_pk)
-        head = next_update(chat=chat)
-        if head is None or head.next_attempt_at > timezone.now():
+        if not _head_is_due(chat_pk):
             return
 
 
