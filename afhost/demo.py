@@ -7,20 +7,18 @@ it remembers the conversation by quoting what the user said before.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from agent_framework import (
     Agent,
     BaseChatClient,
-    ChatMiddlewareLayer,
     ChatResponse,
     ChatResponseUpdate,
     Content,
-    FunctionInvocationLayer,
     Message,
 )
-from agent_framework.observability import ChatTelemetryLayer
 from django.conf import settings
 
 
@@ -43,12 +41,13 @@ def demo_reply(messages: Sequence[Message]) -> str:
     return " ".join(parts)
 
 
-class DemoChatClient(
-    FunctionInvocationLayer, ChatMiddlewareLayer, ChatTelemetryLayer, BaseChatClient
-):
-    """An offline chat client whose replies come from `demo_reply`."""
+class DemoChatClient(BaseChatClient):
+    """An offline chat client whose replies come from `demo_reply`.
 
-    OTEL_PROVIDER_NAME = "afhost-demo"
+    The demo has no tools, so it leaves out agent_framework's function-invocation, middleware
+    and telemetry layers (a chat client for a real model composes them; they would double the
+    demo's cost per answer).
+    """
 
     def _inner_get_response(
         self,
@@ -85,7 +84,23 @@ class DemoChatClient(
         )
 
 
-agent = Agent(
+class _WithoutFunctionInvokingWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not support function invoking" not in record.getMessage()
+
+
+def _tool_less_agent(client: BaseChatClient, **kwargs: Any) -> Agent:
+    """An Agent over a client without tools, minus the warning that it cannot invoke them."""
+    agent_framework_logger = logging.getLogger("agent_framework")
+    quiet = _WithoutFunctionInvokingWarning()
+    agent_framework_logger.addFilter(quiet)
+    try:
+        return Agent(client, **kwargs)
+    finally:
+        agent_framework_logger.removeFilter(quiet)
+
+
+agent = _tool_less_agent(
     DemoChatClient(),
     name="afhost-demo",
     description="Offline demo agent that echoes and remembers what you said.",

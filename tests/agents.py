@@ -8,20 +8,25 @@ from typing import Any, Never
 
 from agent_framework import (
     Agent,
+    ChatMiddlewareLayer,
     ChatResponse,
     ChatResponseUpdate,
     Content,
+    FunctionInvocationLayer,
     Message,
     WorkflowBuilder,
     WorkflowContext,
     executor,
     tool,
 )
+from agent_framework.observability import ChatTelemetryLayer
 
 from afhost.demo import DemoChatClient
 
 
-class ScriptedChatClient(DemoChatClient):
+class ScriptedChatClient(
+    FunctionInvocationLayer, ChatMiddlewareLayer, ChatTelemetryLayer, DemoChatClient
+):
     """The demo client, except that the last user text can script it:
 
     - "fail": raise before answering;
