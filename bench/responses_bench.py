@@ -676,9 +676,6 @@ def main(argv: list[str] | None = None) -> int:
     ):
         parser.error("--database-url must point at this machine (127.0.0.1)")
 
-    if args.server == "uvicorn" and not (ROOT / ".venv" / "bin" / "uvicorn").exists():
-        print("uvicorn is not installed in .venv (pip install uvicorn==0.54.0): using daphne")
-        args.server = "daphne"
     if args.client == "wrk" or (args.client == "auto" and shutil.which("wrk")):
         if not shutil.which("wrk"):
             parser.error("wrk is not installed (apt-get install -y wrk)")
