@@ -16,8 +16,8 @@ async def in_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) ->
 
     Unlike a thread-sensitive hop, calls from concurrent requests run side by side (each on a
     connection of its own, from the pool on PostgreSQL), so one slow query does not queue every
-    other request behind it. For request paths that Django's handler does not wrap, which would
-    otherwise close the connections at the end of the request.
+    other request behind it; and no connection outlives the call, which matters where Django's
+    request handling is not there to close it (the create endpoint, long-running commands).
     """
 
     def call() -> T:

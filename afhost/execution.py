@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from afhost import services
+from afhost.db import in_thread
 from afhost.models import Run
 from afhost.registry import get_channel
 from afhost.selectors import next_event_sequence, run_progress
@@ -155,7 +156,7 @@ def _is_cancelled(run: Run) -> bool:
 async def tail_run_events(*, run: Run, after: int) -> AsyncIterator[list[dict]]:
     """Stored events of a streamed background run after `after`, following the run to its end."""
     while True:
-        status, events = await sync_to_async(run_progress)(run=run, after=after)
+        status, events = await in_thread(run_progress, run=run, after=after)
         if events:
             after = events[-1]["sequence_number"]
             yield events

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 
-from django.db import close_old_connections
+from django.db import connections
 
 from afhost import services
 from afhost.models import Run
@@ -54,13 +54,14 @@ class RunWriter:
     def _write(self, batch: list[tuple[Run, HostedRunResult, list[dict], asyncio.Future]]) -> None:
         error: BaseException | None = None
         try:
-            close_old_connections()  # a connection the database dropped is replaced, not reused
             services.store_finished_runs(
                 finished=[(run, result, items) for run, result, items, _ in batch]
             )
         except Exception as exc:
             logger.exception("storing %d finished run(s) failed", len(batch))
             error = exc
+        finally:
+            connections.close_all()  # back to the pool: an idle writer holds no connection
         for *_, future in batch:
             with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody waits
                 future.get_loop().call_soon_threadsafe(_settle, future, error)

@@ -7,9 +7,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from afhost.db import in_thread
 from afhost.models import ApiKey, hash_api_key
 from afhost.types import ChannelIdentity
 from channels_app.exceptions import ApiError
@@ -75,7 +75,7 @@ async def authenticate(headers: Mapping[str, str]) -> ApiCaller:
             code="missing_api_key",
         )
     key_hash = hash_api_key(raw_key.strip())
-    api_key = _cached_key(key_hash) or await sync_to_async(_load_key)(key_hash)
+    api_key = _cached_key(key_hash) or await in_thread(_load_key, key_hash)
     if api_key is None:
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 

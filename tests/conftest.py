@@ -19,6 +19,7 @@ from unittest import mock
 import httpx
 import pytest
 from django.conf import settings
+from django.db import connections
 from django.test import Client
 from django.urls import reverse
 from openai import AsyncOpenAI, OpenAI
@@ -36,6 +37,18 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_connection_pools(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """Hand back pooled connections before the test database is dropped."""
+    yield
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            if connection.vendor == "postgresql" and connection.settings_dict["OPTIONS"].get(
+                "pool"
+            ):
+                connection.close_pool()
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 import asyncio
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from afhost.db import in_thread
 from channels_app.telegram.processing import make_bot
 from channels_app.telegram.services import ALLOWED_UPDATES, receive_update
 
@@ -39,7 +39,7 @@ class Command(BaseCommand):
                     offset=offset, timeout=wait, allowed_updates=ALLOWED_UPDATES
                 )
                 for update in updates:
-                    await sync_to_async(receive_update)(payload=update.to_dict())
+                    await in_thread(receive_update, payload=update.to_dict())
                     offset = update.update_id + 1
                     received += 1
                 if once:
