@@ -52,7 +52,8 @@ _SSE = [
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    status: int = 200
+    """A JSON body, or a stream of SSE text."""
+
     body: dict | None = None
     events: AsyncIterator[str] | None = None
 
@@ -209,6 +210,6 @@ async def application(scope: Scope, receive: Receive, send: Send) -> None:
         await _send_json(send, 500, error.response_body())
         return
     if reply.events is None:
-        await _send_json(send, reply.status, reply.body)
+        await _send_json(send, 200, reply.body)
     else:
         await _send_events(receive, send, reply.events)
