@@ -22,11 +22,13 @@ from django.conf import settings
 from django.db import connections
 from django.test import Client
 from django.urls import reverse
+from django_q.models import OrmQ
 from openai import AsyncOpenAI, OpenAI
 
-from afhost.models import ApiKey
+from afhost.models import ApiKey, Run
 from afhost.services import create_api_key
 from channels_app import tasks
+from channels_app.telegram.models import TelegramChat, TelegramUpdate
 from channels_app.telegram.services import sweep_updates
 from tests.fakes.telegram_api import FakeTelegramApi
 
@@ -158,8 +160,33 @@ def api_key_factory(db) -> Callable[..., tuple[ApiKey, str]]:
 
 
 @pytest.fixture
-def raw_api_key(transactional_db, api_key_factory) -> str:
-    # transactional_db: the live server reads the key from another process, so it must be committed.
+def live_db(transactional_db) -> Iterator[None]:
+    """Committed data the live server and the worker can see; they stop using it before the
+    test database is flushed.
+
+    A worker still writing to several tables while the flush truncates them all can deadlock
+    with it (seen on PostgreSQL). So active runs are cancelled (a running one stops within
+    AFHOST_POLL_INTERVAL), pending updates and queued tasks dropped, and chats being answered
+    finish first.
+    """
+    yield
+    running = Run.objects.filter(status=Run.Status.IN_PROGRESS, is_background=True).exists()
+    Run.objects.filter(status__in=Run.ACTIVE_STATUSES).update(status=Run.Status.CANCELLED)
+    TelegramUpdate.objects.filter(status=TelegramUpdate.Status.PENDING).update(
+        status=TelegramUpdate.Status.IGNORED
+    )
+    OrmQ.objects.all().delete()
+    deadline = time.monotonic() + 10
+    while TelegramChat.objects.filter(claimed_until__isnull=False).exists():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if running:  # give it time to see the cancel and stop writing
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def raw_api_key(live_db, api_key_factory) -> str:
     return api_key_factory()[1]
 
 

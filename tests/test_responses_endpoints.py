@@ -113,9 +113,7 @@ def test_images_and_tool_outputs_are_accepted_as_input(client):
     assert items[2].content[1].image_url == image
 
 
-def test_a_response_is_invisible_to_other_users(
-    openai_client_factory, api_key_factory, transactional_db
-):
+def test_a_response_is_invisible_to_other_users(openai_client_factory, api_key_factory, live_db):
     # given
     _, trusted_key = api_key_factory("platform", is_trusted=True)
     alice = openai_client_factory(trusted_key, **{"x-agent-user-id": "alice"})
@@ -138,9 +136,7 @@ def test_a_response_is_invisible_to_other_users(
     assert alice.responses.retrieve(created.id).id == created.id
 
 
-def test_each_untrusted_key_is_its_own_partition(
-    openai_client_factory, api_key_factory, transactional_db
-):
+def test_each_untrusted_key_is_its_own_partition(openai_client_factory, api_key_factory, live_db):
     # given
     first = openai_client_factory(api_key_factory("one")[1])
     second = openai_client_factory(api_key_factory("two")[1])
@@ -164,7 +160,7 @@ def test_an_untrusted_key_may_not_name_a_user(openai_client_factory, raw_api_key
 
 
 def test_the_chat_isolation_header_keeps_a_conversation(
-    openai_client_factory, api_key_factory, transactional_db
+    openai_client_factory, api_key_factory, live_db
 ):
     # given
     _, trusted_key = api_key_factory("platform", is_trusted=True)

@@ -89,7 +89,7 @@ def test_invalid_bodies_are_rejected_with_the_parameter_named(post, body, param,
     assert Run.objects.exists() is False
 
 
-def test_a_missing_api_key_is_unauthorized(live_server_url, transactional_db):
+def test_a_missing_api_key_is_unauthorized(live_server_url, live_db):
     # when
     response = httpx.post(f"{live_server_url}/v1/responses", json={"input": "hi"})
 
@@ -99,7 +99,7 @@ def test_a_missing_api_key_is_unauthorized(live_server_url, transactional_db):
 
 
 def test_a_wrong_or_revoked_api_key_is_unauthorized(
-    openai_client_factory, api_key_factory, transactional_db
+    openai_client_factory, api_key_factory, live_db
 ):
     # given
     api_key, raw_key = api_key_factory()

@@ -13,7 +13,7 @@ SECRET = {"X-Telegram-Bot-Api-Secret-Token": "test-webhook-secret"}
 
 
 @pytest.fixture
-def post_update(live_server_url, transactional_db, telegram_api):
+def post_update(live_server_url, live_db, telegram_api):
     def post(payload):
         response = httpx.post(f"{live_server_url}/telegram/webhook/", json=payload, headers=SECRET)
         assert response.status_code == 200, response.text
