@@ -240,13 +240,11 @@ async def _answer_with_agent(
         text = " ".join(part for part in (turn.text, note) if part)
         if not text and not media:
             return None
-        user_key = ChannelIdentity(
-            channel=CHANNEL, native_id=str(message.from_user.id)
-        ).isolation_key
-        partition, key = conversation_of(message, user_key=user_key)
+        identity = ChannelIdentity(channel=CHANNEL, native_id=str(message.from_user.id))
+        partition, key = conversation_of(message, user_key=identity.isolation_key)
         request = ChannelRequest(
             channel=CHANNEL,
-            identity=ChannelIdentity(channel=CHANNEL, native_id=str(message.from_user.id)),
+            identity=identity,
             input=[Message("user", [*([Content.from_text(text)] if text else []), *media])],
             conversation_key=key,
             partition_key=partition,
