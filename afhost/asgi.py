@@ -9,11 +9,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "afhost.settings")
 
 django_application = get_asgi_application()
 
-from afhost.targets import get_target  # noqa: E402 (needs Django set up)
+from afhost.checks import require_runtime_settings  # noqa: E402 (needs Django set up)
 from channels_app.responses import endpoint as create_response  # noqa: E402
 
-# Fail at start-up, not on the first request, when AFHOST_TARGET cannot be loaded.
-get_target()
+# Fail at start-up, not on the first request, without a secret key or a loadable target.
+require_runtime_settings()
 
 
 async def application(scope, receive, send):

@@ -18,10 +18,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
 
+# Without DEBUG there is no default: an unset key stays empty, which Django refuses to use, the
+# server refuses to start with (afhost.checks.require_runtime_settings), and `manage.py check
+# --deploy` reports (afhost.E002). Commands that need no secret (makemigrations) still work.
 SECRET_KEY = env_secret("SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off.")
+if not SECRET_KEY and DEBUG:
     # The web process and the worker must share the key (django-q2 signs tasks with it), so the
     # development key is kept in a local file, made on first use.
     _dev_key_file = BASE_DIR / ".dev-secret-key"

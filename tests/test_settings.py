@@ -40,21 +40,40 @@ def test_env_secret_prefers_a_readable_file(monkeypatch, tmp_path):
         env_secret("TOKEN")
 
 
-def _import_settings(**env):
+def _python(code: str, **env) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
-    environment.update(env)
+    environment.update(env, DJANGO_SETTINGS_MODULE="afhost.settings")
     return subprocess.run(
-        [sys.executable, "-c", "import afhost.settings as s; print(s.SECRET_KEY)"],
-        env=environment,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True
     )
 
 
+def _import_settings(**env):
+    return _python("import afhost.settings as s; print(s.SECRET_KEY)", **env)
+
+
 def test_there_is_no_secret_key_default_without_debug():
-    result = _import_settings(DEBUG="false")
+    # when
+    server = _python("import afhost.asgi", DEBUG="false")
+    use = _python(
+        "import django; django.setup(); from django.core import signing; signing.dumps(1)",
+        DEBUG="false",
+    )
+
+    # then
+    assert server.returncode != 0
+    assert "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off" in server.stderr
+    assert use.returncode != 0
+    assert "The SECRET_KEY setting must not be empty" in use.stderr
+
+
+def test_the_deploy_check_reports_a_missing_secret_key():
+    result = _python(
+        "from django.core.management import execute_from_command_line as run; run(['m', 'check', '--deploy'])",
+        DEBUG="false",
+    )
     assert result.returncode != 0
-    assert "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off" in result.stderr
+    assert "afhost.E002" in result.stderr
 
 
 def test_debug_processes_share_one_development_secret_key():
