@@ -6,7 +6,7 @@ import functools
 import json
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, get_args
 
 from agent_framework import AgentResponseUpdate, Content, Message
 from openai.types.responses import (
@@ -27,7 +27,8 @@ from openai.types.responses import (
     ResponseTextDoneEvent,
 )
 from openai.types.responses.response_item import ResponseItem
-from pydantic import TypeAdapter
+from openai.types.responses.response_output_item import ResponseOutputItem
+from pydantic import BaseModel, TypeAdapter
 
 from afhost.models import Run
 from afhost.services import new_item_id
@@ -42,8 +43,30 @@ _TERMINAL_EVENTS = {
 _response_items = TypeAdapter(list[ResponseItem])
 
 
-def _dump(model: Any) -> dict:
+@functools.cache
+def _type_of(model: type[BaseModel]) -> str:
+    return model.model_fields["type"].annotation.__args__[0]
+
+
+_OUTPUT_ITEM_TYPES = {_type_of(model): model for model in get_args(get_args(ResponseOutputItem)[0])}
+
+
+def _output_item(item: dict) -> BaseModel:
+    """An output item validated as the type its `type` names: pydantic cannot see the SDK's
+    discriminator, so validating the 28-way union itself tries member after member (~50 µs)."""
+    return _OUTPUT_ITEM_TYPES[item["type"]](**item)
+
+
+def _dump(model: BaseModel) -> dict:
     return model.model_dump(mode="json", exclude_none=True)
+
+
+def _whole_seconds(response: dict) -> dict:
+    # The SDK types these as floats; OpenAI sends whole seconds.
+    for name in ("created_at", "completed_at"):
+        if name in response:
+            response[name] = int(response[name])
+    return response
 
 
 def response_object(
@@ -54,6 +77,12 @@ def response_object(
     result: HostedRunResult | None = None,
 ) -> dict:
     """The run as an OpenAI `Response`; streams render it mid-run with the keyword overrides."""
+    return _whole_seconds(_dump(_response(run, status=status, output=output, result=result)))
+
+
+def _response(
+    run: Run, *, status: str | None, output: list[dict] | None, result: HostedRunResult | None
+) -> Response:
     status = status or run.status
     usage, error, finish_reason = run.usage, run.error, run.finish_reason
     completed_at = run.completed_at.timestamp() if run.completed_at else None
@@ -61,45 +90,36 @@ def response_object(
         usage, error, finish_reason = result.usage, result.error, result.finish_reason
         completed_at = time.time()
     attributes = run.attributes
-    response = _dump(
-        Response(
-            id=response_id(run.public_id),
-            object="response",
-            created_at=int(run.created_at.timestamp()),
-            completed_at=int(completed_at)
-            if completed_at and status in Run.TERMINAL_STATUSES
-            else None,
-            status=status,
-            background=run.is_background,
-            model=run.model or "afhost",
-            instructions=run.instructions or None,
-            metadata=run.metadata,
-            output=run.output_items if output is None else output,
-            parallel_tool_calls=False,
-            tool_choice="auto",
-            tools=[],
-            temperature=run.options.get("temperature"),
-            top_p=run.options.get("top_p"),
-            max_output_tokens=run.options.get("max_tokens"),
-            previous_response_id=attributes.get("previous_response_id"),
-            conversation={"id": attributes["conversation"]}
-            if attributes.get("conversation")
-            else None,
-            user=attributes.get("user"),
-            safety_identifier=attributes.get("safety_identifier"),
-            store=run.is_stored,
-            usage=_usage(usage) if usage and status in Run.TERMINAL_STATUSES else None,
-            error=error if status == Run.Status.FAILED else None,
-            incomplete_details={"reason": finish_reason}
-            if status == Run.Status.INCOMPLETE and finish_reason
-            else None,
-        )
+    return Response(
+        id=response_id(run.public_id),
+        object="response",
+        created_at=int(run.created_at.timestamp()),
+        completed_at=int(completed_at)
+        if completed_at and status in Run.TERMINAL_STATUSES
+        else None,
+        status=status,
+        background=run.is_background,
+        model=run.model or "afhost",
+        instructions=run.instructions or None,
+        metadata=run.metadata,
+        output=[_output_item(item) for item in (run.output_items if output is None else output)],
+        parallel_tool_calls=False,
+        tool_choice="auto",
+        tools=[],
+        temperature=run.options.get("temperature"),
+        top_p=run.options.get("top_p"),
+        max_output_tokens=run.options.get("max_tokens"),
+        previous_response_id=attributes.get("previous_response_id"),
+        conversation={"id": attributes["conversation"]} if attributes.get("conversation") else None,
+        user=attributes.get("user"),
+        safety_identifier=attributes.get("safety_identifier"),
+        store=run.is_stored,
+        usage=_usage(usage) if usage and status in Run.TERMINAL_STATUSES else None,
+        error=error if status == Run.Status.FAILED else None,
+        incomplete_details={"reason": finish_reason}
+        if status == Run.Status.INCOMPLETE and finish_reason
+        else None,
     )
-    # The SDK types these as floats; OpenAI sends whole seconds.
-    for name in ("created_at", "completed_at"):
-        if name in response:
-            response[name] = int(response[name])
-    return response
 
 
 def _usage(usage: dict) -> dict:
@@ -250,7 +270,7 @@ class ResponsesRenderer:
     def output_items(self) -> list[dict]:
         return self.items
 
-    def _event(self, event_type: type, **fields: Any) -> dict:
+    def _event(self, event_type: type[BaseModel], **fields: Any) -> dict:
         event = _dump(
             event_type(type=_type_of(event_type), sequence_number=self.sequence, **fields)
         )
@@ -260,8 +280,10 @@ class ResponsesRenderer:
     def _lifecycle(
         self, event_type: type, status: str, result: HostedRunResult | None = None
     ) -> dict:
-        response = response_object(self.run, status=status, output=list(self.items), result=result)
-        return self._event(event_type, response=response)
+        response = _response(self.run, status=status, output=self.items, result=result)
+        event = self._event(event_type, response=response)
+        _whole_seconds(event["response"])
+        return event
 
     def start(self) -> list[dict]:
         if self.run.status == Run.Status.QUEUED:
@@ -299,7 +321,9 @@ class ResponsesRenderer:
             self._open = _message_item(new_item_id("msg"), "", "in_progress")
             events.append(
                 self._event(
-                    ResponseOutputItemAddedEvent, output_index=self._index(), item=self._open
+                    ResponseOutputItemAddedEvent,
+                    output_index=self._index(),
+                    item=_output_item(self._open),
                 )
             )
             events.append(
@@ -333,7 +357,9 @@ class ResponsesRenderer:
             self._open = _function_call_item(new_item_id("fc"), content, "", "in_progress")
             events.append(
                 self._event(
-                    ResponseOutputItemAddedEvent, output_index=self._index(), item=self._open
+                    ResponseOutputItemAddedEvent,
+                    output_index=self._index(),
+                    item=_output_item(self._open),
                 )
             )
         if delta := _arguments(content):
@@ -350,8 +376,12 @@ class ResponsesRenderer:
 
     def _whole_item(self, item: dict) -> list[dict]:
         events = [
-            self._event(ResponseOutputItemAddedEvent, output_index=self._index(), item=item),
-            self._event(ResponseOutputItemDoneEvent, output_index=self._index(), item=item),
+            self._event(
+                ResponseOutputItemAddedEvent, output_index=self._index(), item=_output_item(item)
+            ),
+            self._event(
+                ResponseOutputItemDoneEvent, output_index=self._index(), item=_output_item(item)
+            ),
         ]
         self.items.append(item)
         return events
@@ -396,7 +426,9 @@ class ResponsesRenderer:
                     name=item["name"],
                 ),
             ]
-        events.append(self._event(ResponseOutputItemDoneEvent, output_index=index, item=item))
+        events.append(
+            self._event(ResponseOutputItemDoneEvent, output_index=index, item=_output_item(item))
+        )
         self.items.append(item)
         return events
 
@@ -407,11 +439,6 @@ class ResponsesRenderer:
                 events += self._whole_item(item)
         events.append(self._lifecycle(_TERMINAL_EVENTS[result.status], result.status, result))
         return events
-
-
-@functools.cache
-def _type_of(event_type: type) -> str:
-    return event_type.model_fields["type"].annotation.__args__[0]
 
 
 async def sse_stream(batches: AsyncIterator[list[dict]]) -> AsyncIterator[str]:
