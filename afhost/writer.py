@@ -44,6 +44,11 @@ class RunWriter:
 
     def _write_forever(self) -> None:
         while True:
+            if not self._wake.is_set():
+                # Going idle: the connection goes back (to the pool, on PostgreSQL). Under load
+                # the next batch is already waiting and keeps it; reconnecting per batch cost
+                # SQLite ~0.15 ms a run.
+                connections.close_all()
             self._wake.wait()
             with self._lock:
                 batch, self._pending = self._pending, []
@@ -60,8 +65,7 @@ class RunWriter:
         except Exception as exc:
             logger.exception("storing %d finished run(s) failed", len(batch))
             error = exc
-        finally:
-            connections.close_all()  # back to the pool: an idle writer holds no connection
+            connections.close_all()  # a broken connection is not used again
         for *_, future in batch:
             with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody waits
                 future.get_loop().call_soon_threadsafe(_settle, future, error)

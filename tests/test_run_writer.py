@@ -1,6 +1,7 @@
 """Finished foreground runs are stored from one thread, many per statement."""
 
 import asyncio
+import threading
 from unittest import mock
 
 import pytest
@@ -74,3 +75,31 @@ def test_a_failed_write_fails_the_waiting_requests():
 
     # then
     assert Run.objects.exists() is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_with_nothing_left_to_write_gives_its_connection_back():
+    # given
+    writer = RunWriter()
+    log: list[str] = []
+    closed_after_write = threading.Event()
+
+    def close_all():
+        log.append("close")
+        if "write" in log:
+            closed_after_write.set()
+
+    # when
+    with (
+        mock.patch(
+            "afhost.services.store_finished_runs",
+            side_effect=lambda **kwargs: log.append("write"),
+        ),
+        mock.patch("afhost.writer.connections.close_all", side_effect=close_all),
+    ):
+        asyncio.run(writer.store(_prepared(), DONE, []))
+        closed = closed_after_write.wait(timeout=5)
+
+    # then
+    assert closed
+    assert log[-2:] == ["write", "close"]
