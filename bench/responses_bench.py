@@ -403,7 +403,8 @@ def afhost_target(args, workdir: Path) -> Target:
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
     env = {
         **os.environ,
-        "DEBUG": "1",
+        "DEBUG": "0",  # as in production
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECRET_KEY": "bench",
         "AFHOST_DEMO_TOKEN_DELAY": "0",
         "DATABASE_URL": database_url,

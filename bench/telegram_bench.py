@@ -298,7 +298,8 @@ def start_fake(args) -> FakeTelegramApi:
 def afhost_env(args, workdir: Path, fake: FakeTelegramApi) -> dict[str, str]:
     env = {
         **os.environ,
-        "DEBUG": "1",
+        "DEBUG": "0",  # as in production
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECRET_KEY": "bench",
         "AFHOST_DEMO_TOKEN_DELAY": "0",
         "LOG_LEVEL": "WARNING",
