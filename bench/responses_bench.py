@@ -1,6 +1,6 @@
 """Benchmark: creates per second and latency of POST /v1/responses, against two yardsticks.
 
-Three servers, one at a time, each started, warmed up, measured and stopped in this one run:
+Three servers, started together in this one run and loaded one at a time, in rounds:
 
 1. afhost (this project) with its built-in demo agent, storing every run in the database;
 2. a bare ASGI endpoint (bench/bare_app.py) behind the same ASGI server as afhost;
@@ -8,9 +8,11 @@ Three servers, one at a time, each started, warmed up, measured and stopped in t
    from a separate virtualenv (.bench-venv, created here if missing).
 
 Each is measured for blocking creates and for streaming (SSE) creates, with `wrk` (or a small
-asyncio client when wrk is missing). Only 127.0.0.1 is ever contacted. See bench/README.md.
+asyncio client when wrk is missing), once per round; figures are medians over the rounds, and
+each ratio is the median of the ratios within a round. Only 127.0.0.1 is ever contacted. See
+bench/README.md.
 
-    .venv/bin/python bench/responses_bench.py [--server uvicorn|daphne] [--duration 10]
+    .venv/bin/python bench/responses_bench.py [--server uvicorn|daphne] [--rounds 3]
         [--database-url postgresql://postgres@127.0.0.1:5432/bench]
 
 This is a benchmark, not a test: it exits 0 whatever the figures (non-zero only when it could
@@ -29,6 +31,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +55,7 @@ TARGETS = ("afhost", "bare", "microsoft")
 # The issue's targets, for stored blocking creates on one process.
 TARGET_VS_MICROSOFT = 2.0
 TARGET_VS_BARE = 1 / 3
+LABEL_WIDTH = 34
 
 
 class BenchError(Exception):
@@ -62,6 +66,7 @@ class BenchError(Exception):
 class Result:
     target: str
     mode: str
+    round: int
     requests: int
     seconds: float
     rps: float
@@ -503,59 +508,62 @@ def database_label(url: str) -> str:
 # --- the run ---
 
 
-def measure(target: Target, args, workdir: Path, load) -> list[Result]:
+@dataclass
+class Running:
+    target: Target
+    proc: subprocess.Popen
+    log: Path
+
+
+def start(target: Target, workdir: Path, modes: list[str]) -> Running:
+    """Start a server, wait until it listens, and check one create of each mode."""
     log = workdir / f"{target.name}.log"
     print(f"- {target.label}: starting on 127.0.0.1:{target.port}")
     proc = spawn(target.cmd, env=target.env, log=log)
-    profiler = None
+    wait_listening(proc, target.port, log)
     try:
-        wait_listening(proc, target.port, log)
-        try:
-            sanity_check(target.label, target.port, target.path, target.headers, args.modes)
-        except (OSError, http.client.HTTPException) as exc:
-            raise BenchError(
-                f"{target.label}: sanity request failed: {exc!r}\n" + log_tail(log)
-            ) from exc
-        except BenchError as exc:
-            raise BenchError(f"{exc}\nserver log:\n{log_tail(log)}") from None
-        if args.profile and target.name == "afhost":
-            profiler = start_profiler(proc.pid, args, workdir)
-        results = []
-        for mode in args.modes:
-            body = STREAMING_BODY if mode == "streaming" else BLOCKING_BODY
-            common = {
-                "port": target.port,
-                "path": target.path,
-                "body": body,
-                "headers": target.headers,
-                "connections": args.connections,
-                "workdir": workdir,
-            }
-            if args.warmup > 0:
-                load(seconds=args.warmup, **common)
-            raw = load(seconds=args.duration, **common)
-            result = Result(
-                target=target.name, mode=mode, rps=raw["requests"] / raw["seconds"], **raw
-            )
-            print(
-                f"  {mode:9} {result.rps:8.1f} req/s  p50 {result.p50_ms:7.1f} ms  "
-                f"p99 {result.p99_ms:7.1f} ms  errors {result.errors}"
-            )
-            if proc.poll() is not None:
-                raise BenchError(f"{target.label} died during the run:\n" + log_tail(log))
-            results.append(result)
-        return results
-    finally:
-        if profiler is not None:
-            stop_profiler(profiler)
-        stop(proc)
+        sanity_check(target.label, target.port, target.path, target.headers, modes)
+    except (OSError, http.client.HTTPException) as exc:
+        raise BenchError(
+            f"{target.label}: sanity request failed: {exc!r}\n" + log_tail(log)
+        ) from exc
+    except BenchError as exc:
+        raise BenchError(f"{exc}\nserver log:\n{log_tail(log)}") from None
+    return Running(target=target, proc=proc, log=log)
+
+
+def measure(server: Running, mode: str, round_: int, args, workdir: Path, load) -> Result:
+    target = server.target
+    common = {
+        "port": target.port,
+        "path": target.path,
+        "body": STREAMING_BODY if mode == "streaming" else BLOCKING_BODY,
+        "headers": target.headers,
+        "connections": args.connections,
+        "workdir": workdir,
+    }
+    if args.warmup > 0:
+        load(seconds=args.warmup, **common)
+    raw = load(seconds=args.duration, **common)
+    result = Result(
+        target=target.name, mode=mode, round=round_, rps=raw["requests"] / raw["seconds"], **raw
+    )
+    print(
+        f"  {target.label:{LABEL_WIDTH}} {mode:9} {result.rps:8.1f} req/s  "
+        f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  errors {result.errors}"
+    )
+    if server.proc.poll() is not None:
+        raise BenchError(f"{target.label} died during the run:\n" + log_tail(server.log))
+    return result
 
 
 def start_profiler(pid: int, args, workdir: Path) -> subprocess.Popen:
     ensure_bench_venv(profiler=True)
     out = Path(args.profile).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    seconds = len(args.modes) * (args.warmup + args.duration) + 5
+    # It samples only while afhost holds the GIL, so the other servers' turns add nothing.
+    cases = args.rounds * len(args.modes) * len(args.targets)
+    seconds = cases * (args.warmup + args.duration) + 10
     cmd = [
         str(BENCH_VENV / "bin" / "py-spy"),
         "record",
@@ -589,36 +597,71 @@ def stop_profiler(proc: subprocess.Popen) -> None:
     stop(proc)
 
 
-def report(results: list[Result], labels: dict[str, str]) -> None:
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def report(results: list[Result], labels: dict[str, str]) -> dict:
+    """Print medians over the rounds and the ratios; returns the summary for --json."""
     print()
     width = max(len(label) for label in labels.values())
     print(
-        f"{'server':{width}}  {'mode':9}  {'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  "
-        f"{'requests':>8}  {'errors':>6}"
+        f"{'server (median of rounds)':{width}}  {'mode':9}  {'req/s':>8}  {'p50 ms':>8}  "
+        f"{'p99 ms':>8}  {'requests':>8}  {'errors':>6}"
     )
-    for r in results:
-        print(
-            f"{labels[r.target]:{width}}  {r.mode:9}  {r.rps:8.1f}  {r.p50_ms:8.1f}  "
-            f"{r.p99_ms:8.1f}  {r.requests:8d}  {r.errors:6d}"
-        )
-    print()
-    by_key = {(r.target, r.mode): r for r in results}
-    for mode in MODES:
-        ours = by_key.get(("afhost", mode))
-        if ours is None:
-            continue
-        for other, target in (("microsoft", TARGET_VS_MICROSOFT), ("bare", TARGET_VS_BARE)):
-            theirs = by_key.get((other, mode))
-            if theirs is None or not theirs.rps:
+    summary: dict = {"medians": [], "ratios": []}
+    for target in labels:
+        for mode in MODES:
+            runs = [r for r in results if (r.target, r.mode) == (target, mode)]
+            if not runs:
                 continue
-            ratio = ours.rps / theirs.rps
+            row = {
+                "target": target,
+                "mode": mode,
+                "rps": median([r.rps for r in runs]),
+                "p50_ms": median([r.p50_ms for r in runs]),
+                "p99_ms": median([r.p99_ms for r in runs]),
+                "requests": sum(r.requests for r in runs),
+                "errors": sum(r.errors for r in runs),
+            }
+            summary["medians"].append(row)
+            print(
+                f"{labels[target]:{width}}  {mode:9}  {row['rps']:8.1f}  {row['p50_ms']:8.1f}  "
+                f"{row['p99_ms']:8.1f}  {row['requests']:8d}  {row['errors']:6d}"
+            )
+    print()
+    # A ratio is taken within each round, between cases measured back to back, so that a
+    # machine whose speed drifts over the run (a shared VM) moves both sides alike.
+    by_key = {(r.target, r.mode, r.round): r for r in results}
+    rounds = sorted({r.round for r in results})
+    for mode in MODES:
+        for other, target in (("microsoft", TARGET_VS_MICROSOFT), ("bare", TARGET_VS_BARE)):
+            pairs = [
+                (by_key.get(("afhost", mode, n)), by_key.get((other, mode, n))) for n in rounds
+            ]
+            ratios = [
+                ours.rps / theirs.rps for ours, theirs in pairs if ours and theirs and theirs.rps
+            ]
+            if not ratios:
+                continue
+            ratio = median(ratios)
             line = f"ours / {other:9} {mode:9} req/s: {ratio:6.2f}x"
+            line += f"  (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+            verdict = None
             if mode == "blocking":
                 verdict = "PASS" if ratio >= target else "FAIL"
                 line += f"   target >= {target:.2f}x: {verdict}"
-            else:
-                line += "   (no target for streaming)"
             print(line)
+            summary["ratios"].append(
+                {
+                    "mode": mode,
+                    "against": other,
+                    "median": ratio,
+                    "rounds": ratios,
+                    "verdict": verdict,
+                }
+            )
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -640,8 +683,14 @@ def main(argv: list[str] | None = None) -> int:
         help="benchmark on the Postgres database named in --database-url as it is (created if "
         "missing) instead of a fresh one that is dropped afterwards",
     )
-    parser.add_argument("--duration", type=float, default=10, help="measured seconds per case")
-    parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds per case")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="every case is measured once a round; figures are medians over the rounds",
+    )
+    parser.add_argument("--duration", type=float, default=5, help="measured seconds per case")
+    parser.add_argument("--warmup", type=float, default=1, help="warm-up seconds per case")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument(
         "--targets",
@@ -688,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _raise_interrupt)
     print(
         f"responses bench: {client}, {args.connections} connections, "
-        f"{args.warmup:g}s warm-up + {args.duration:g}s per case; "
+        f"{args.rounds} round(s) of {args.warmup:g}s warm-up + {args.duration:g}s per case; "
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs"
     )
@@ -696,12 +745,23 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     labels: dict[str, str] = {}
     workdir = Path(tempfile.mkdtemp(prefix="afhost-bench-"))
+    profiler = None
     try:
         builders = {"afhost": afhost_target, "bare": bare_target, "microsoft": microsoft_target}
+        servers = []
         for name in args.targets:
             target = builders[name](args, workdir)
             labels[name] = target.label
-            results += measure(target, args, workdir, load)
+            servers.append(start(target, workdir, args.modes))
+            if args.profile and name == "afhost":
+                profiler = start_profiler(servers[-1].proc.pid, args, workdir)
+        # All servers are up, but only one is loaded at a time, so they never compete for the
+        # cores; the cases of one mode follow each other within a round.
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_}/{args.rounds}")
+            for mode in args.modes:
+                for server in servers:
+                    results.append(measure(server, mode, round_, args, workdir, load))
     except BenchError as exc:
         print(f"\nbench aborted: {exc}", file=sys.stderr)
         return 2
@@ -712,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
         # A second Ctrl-C must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if profiler is not None:
+            stop_profiler(profiler)
         stop_all()
         for cleanup in reversed(_cleanups):
             try:
@@ -719,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # report it and go on cleaning up
                 print(f"cleanup failed: {exc}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
-    report(results, labels)
+    summary = report(results, labels)
     print(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json:
         Path(args.json).write_text(
@@ -730,7 +792,9 @@ def main(argv: list[str] | None = None) -> int:
                     "client": client,
                     "connections": args.connections,
                     "duration": args.duration,
+                    "rounds": args.rounds,
                     "labels": labels,
+                    **summary,
                     "results": [asdict(r) for r in results],
                 },
                 indent=2,
