@@ -22,9 +22,12 @@ from afhost.types import HostedRunResult
 logger = logging.getLogger(__name__)
 
 
+Pending = tuple[Run, HostedRunResult, list[dict], asyncio.Future]
+
+
 class RunWriter:
     def __init__(self) -> None:
-        self._pending: list[tuple[Run, HostedRunResult, list[dict], asyncio.Future]] = []
+        self._pending: list[Pending] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,19 +59,27 @@ class RunWriter:
             if batch:
                 self._write(batch)
 
-    def _write(self, batch: list[tuple[Run, HostedRunResult, list[dict], asyncio.Future]]) -> None:
-        error: BaseException | None = None
+    def _write(self, batch: list[Pending]) -> None:
+        for (*_, future), error in zip(batch, self._store(batch), strict=True):
+            with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody waits
+                future.get_loop().call_soon_threadsafe(_settle, future, error)
+
+    def _store(self, batch: list[Pending]) -> list[BaseException | None]:
+        """Store the batch; each run's error, or None. A run that cannot be stored fails alone,
+        not the runs that happened to finish at the same time."""
         try:
             services.store_finished_runs(
                 finished=[(run, result, items) for run, result, items, _ in batch]
             )
+            return [None] * len(batch)
         except Exception as exc:
-            logger.exception("storing %d finished run(s) failed", len(batch))
-            error = exc
             connections.close_all()  # a broken connection is not used again
-        for *_, future in batch:
-            with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody waits
-                future.get_loop().call_soon_threadsafe(_settle, future, error)
+            for run, *_ in batch:  # rolled back: unsaved again
+                run.pk, run._state.adding = None, True
+            if len(batch) == 1:
+                logger.exception("storing run %s failed", batch[0][0].public_id)
+                return [exc]
+        return [error for pending in batch for error in self._store([pending])]
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:

@@ -103,3 +103,39 @@ def test_a_writer_with_nothing_left_to_write_gives_its_connection_back():
     # then
     assert closed
     assert log[-2:] == ["write", "close"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_cannot_be_stored_fails_alone_not_the_runs_written_with_it():
+    # given: one run the database refuses, among runs that finished at the same time
+    writer = RunWriter()
+    good = [_prepared(f"good {i}") for i in range(5)]
+    bad = _prepared("bad")
+    real_store = services.store_finished_runs
+
+    def store(*, finished):
+        if any(run is bad for run, _, _ in finished):
+            raise RuntimeError("value too long")
+        real_store(finished=finished)
+
+    async def store_all():
+        return await asyncio.gather(
+            *(writer.store(run, DONE, []) for run in [*good[:2], bad, *good[2:]]),
+            return_exceptions=True,
+        )
+
+    # when
+    with mock.patch("afhost.services.store_finished_runs", side_effect=store):
+        outcomes = asyncio.run(store_all())
+
+    # then
+    assert [type(outcome).__name__ for outcome in outcomes] == [
+        "NoneType",
+        "NoneType",
+        "RuntimeError",
+        "NoneType",
+        "NoneType",
+        "NoneType",
+    ]
+    assert set(Run.objects.values_list("pk", flat=True)) == {run.pk for run in good}
+    assert bad.pk is None
