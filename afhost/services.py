@@ -245,8 +245,14 @@ def execute_background_run(*, run_id: int) -> None:
         logger.info("run %s was deleted before it started", run_id)
         return
     if run.status == Run.Status.IN_PROGRESS:
-        # Only a redelivery finds it here: the worker that claimed it died mid-run.
-        _fail_interrupted_run(run)
+        # A second task for a run another worker is running (the sweeper re-enqueued it while
+        # its first task waited in a backlog) leaves it alone. Past the run timeout, only a
+        # redelivery of a task whose worker died finds it here.
+        lost_before = timezone.now() - timedelta(seconds=settings.AFHOST_RUN_TIMEOUT)
+        if run.started_at is not None and run.started_at < lost_before:
+            _fail_interrupted_run(run)
+        else:
+            logger.info("run %s is already running elsewhere: nothing to do", run.public_id)
         return
     if not run.claim():
         logger.info("run %s is %s, not queued: nothing to do", run.public_id, run.status)

@@ -104,10 +104,12 @@ def test_the_task_leaves_a_run_that_is_no_longer_queued_alone(queued_run, status
     assert run.output_messages == []
 
 
-def test_a_redelivered_in_progress_run_is_reported_as_interrupted(queued_run):
-    # given: a worker claimed the run, then died
+def test_a_redelivered_in_progress_run_is_reported_as_interrupted(queued_run, settings):
+    # given: a worker claimed the run, then died; the queue redelivers its task after the timeout
     run = queued_run(stream=True)
     run.claim()
+    started = timezone.now() - timedelta(seconds=settings.AFHOST_RUN_TIMEOUT + 60)
+    Run.objects.filter(pk=run.pk).update(started_at=started)
 
     # when
     tasks.execute_run(run.pk)
@@ -123,6 +125,22 @@ def test_a_redelivered_in_progress_run_is_reported_as_interrupted(queued_run):
         RunEvent.objects.filter(run=run).order_by("sequence_number").last().data["type"]
         == "response.failed"
     )
+
+
+def test_a_second_task_for_a_run_another_worker_is_running_leaves_it_alone(queued_run):
+    # given: the sweeper re-enqueued a run whose first task then started it
+    run = queued_run(stream=True)
+    run.claim()
+    events = RunEvent.objects.filter(run=run).count()
+
+    # when
+    tasks.execute_run(run.pk)
+
+    # then
+    run.refresh_from_db()
+    assert run.status == Run.Status.IN_PROGRESS
+    assert run.error is None
+    assert RunEvent.objects.filter(run=run).count() == events
 
 
 def test_the_task_of_a_deleted_run_does_nothing(queued_run):
