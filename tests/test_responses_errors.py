@@ -76,6 +76,16 @@ def _error(response, status):
             "mutually_exclusive_parameters",
         ),
         ({"input": "hi", "conversation": "no spaces allowed"}, "conversation", "invalid_value"),
+        # What the database cannot store is refused up front (PostgreSQL: NUL, lone surrogates).
+        (b'{"input": "a\\u0000b"}', None, "invalid_value"),
+        (b'{"input": "hi", "metadata": {"k": "\\ud800"}}', None, "invalid_value"),
+        ({"input": "hi", "model": "m" * 201}, "model", "invalid_value"),
+        (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "invalid_json"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_data": "é"}]}]},
+            "input[0].content[0].file_data",
+            "invalid_value",
+        ),
     ],
 )
 def test_invalid_bodies_are_rejected_with_the_parameter_named(post, body, param, code):
@@ -152,6 +162,8 @@ def test_bad_query_parameters_are_rejected(client, post):
     assert _error(bad_cursor, 400)["param"] == "starting_after"
     bad_limit = post(b"", method="GET", path=f"/v1/responses/{response_id}/input_items?limit=1000")
     assert _error(bad_limit, 400)["param"] == "limit"
+    not_a_number = post(b"", method="GET", path=f"/v1/responses/{response_id}/input_items?limit=²")
+    assert _error(not_a_number, 400)["param"] == "limit"
 
 
 def test_a_host_outside_allowed_hosts_is_refused(post):

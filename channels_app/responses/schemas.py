@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import uuid
@@ -14,11 +13,13 @@ from typing import Any
 from agent_framework import Content, Message
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 
+from afhost.models import Run
 from channels_app.exceptions import ApiError
 
 RESPONSE_ID_PREFIX = "resp_"
 _RESPONSE_ID = re.compile(r"resp_([0-9a-f]{32})")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
+MAX_MODEL_LENGTH = Run._meta.get_field("model").max_length
 
 # Everything OpenAI's create accepts; of those, what we honour or may safely ignore.
 OPENAI_PARAMS = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
@@ -124,16 +125,45 @@ def _number(body: Mapping[str, Any], name: str, low: float, high: float) -> floa
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ApiError(
             400,
-            f"We could not parse the JSON body of your request ({exc}). "
+            f"We could not parse the JSON body of your request ({reason}). "
             "The body must be a JSON object.",
             code="invalid_json",
         ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    # JSON can escape characters no database stores (PostgreSQL refuses NUL in text and JSON,
+    # and UTF-8 has no lone surrogates). Only bodies that escape them need the close look.
+    if (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw) and not _storable(body):
+        raise ApiError(
+            400,
+            "The request contains a NUL character or an unpaired surrogate (\\u0000, "
+            "\\ud800-\\udfff), which cannot be stored.",
+            code="invalid_value",
+        )
     return body
+
+
+def _storable(body: dict[str, Any]) -> bool:
+    pending: list[Any] = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return False
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def parse_create(body: Mapping[str, Any]) -> CreateResponse:
@@ -190,9 +220,12 @@ def parse_create(body: Mapping[str, Any]) -> CreateResponse:
     for name in ("stream_options", "text", "reasoning"):
         _optional(body, name, dict, "an object")
     _optional(body, "include", list, "an array")
+    model = _optional(body, "model", str, "a string") or ""
+    if len(model) > MAX_MODEL_LENGTH:
+        raise _invalid("model", f"expected at most {MAX_MODEL_LENGTH} characters.")
     return CreateResponse(
         input=parse_input(body["input"]),
-        model=_optional(body, "model", str, "a string") or "",
+        model=model,
         instructions=_optional(body, "instructions", str, "a string") or "",
         previous_response_id=previous,
         conversation=conversation,
@@ -348,7 +381,7 @@ def _content_part(part: Any, path: str) -> Content:
                 )
             try:
                 raw = base64.b64decode(data, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or non-ASCII text
                 raise _invalid(f"{path}.file_data", "expected base64 data or a data URL.") from None
             return Content.from_data(raw, "application/octet-stream", name=name)
         return _uri_content(
@@ -369,7 +402,7 @@ def _uri_content(url: str, param: str, *, default_media_type: str) -> Content:
             raise _invalid(param, "expected a base64 data URL like 'data:image/png;base64,...'.")
         try:
             raw = base64.b64decode(url[match.end() :], validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or non-ASCII text
             raise _invalid(param, "the data URL does not hold valid base64.") from None
         return Content.from_data(raw, match[1] or default_media_type)
     if not url.startswith(("https://", "http://")):

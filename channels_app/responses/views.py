@@ -108,7 +108,7 @@ async def response_input_items(request: HttpRequest, response_id: str) -> HttpRe
             code="invalid_value",
         )
     raw_limit = request.GET.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+    if not raw_limit.isdecimal() or not 1 <= int(raw_limit) <= 100:
         raise ApiError(
             400,
             f"Invalid value for 'limit': expected an integer from 1 to 100, got '{raw_limit}'.",
