@@ -94,9 +94,7 @@ def _response(
         id=response_id(run.public_id),
         object="response",
         created_at=int(run.created_at.timestamp()),
-        completed_at=int(completed_at)
-        if completed_at and status in Run.TERMINAL_STATUSES
-        else None,
+        completed_at=int(completed_at) if completed_at and status == Run.Status.COMPLETED else None,
         status=status,
         background=run.is_background,
         model=run.model or "afhost",
@@ -183,25 +181,30 @@ def _function_output_item(item_id: str, content: Content) -> dict:
 
 
 def _message_items(message: Message) -> list[dict]:
-    """Items of one finished message: each run of consecutive texts becomes one message item."""
+    """Items of one finished message: each run of consecutive texts becomes one message item.
+
+    Item ids derive from the message id and the content's position, so rendering a stored
+    message again (input_items pages) gives the same ids.
+    """
+    base = message.message_id or new_item_id("msg")
     items: list[dict] = []
     texts: list[str] = []
-    for content in [*message.contents, None]:
+    for position, content in enumerate([*message.contents, None]):
         if content is not None and content.type == "text":
             texts.append(content.text or "")
             continue
         if texts:
             count = sum(item["type"] == "message" for item in items)
-            item_id = f"{message.message_id}_{count}" if count else str(message.message_id)
+            item_id = f"{base}_{count}" if count else base
             items.append(_message_item(item_id, "".join(texts), "completed"))
             texts = []
         if content is None:
             break
         if content.type == "function_call":
-            item_id = new_item_id("fc")
+            item_id = f"fc_{base}_{position}"
             items.append(_function_call_item(item_id, content, _arguments(content), "completed"))
         elif content.type == "function_result":
-            items.append(_function_output_item(new_item_id("fco"), content))
+            items.append(_function_output_item(f"fco_{base}_{position}", content))
     return items
 
 
