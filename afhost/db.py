@@ -27,3 +27,24 @@ async def in_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) ->
             connections.close_all()
 
     return await sync_to_async(call, thread_sensitive=False)()
+
+
+def storable(value: Any) -> bool:
+    """Whether every string in a JSON value can be stored: PostgreSQL refuses NUL in text and
+    JSON, and UTF-8 has no lone surrogates (JSON's \\u escapes can make both)."""
+    pending = [value]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return False
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return False
+    return True

@@ -33,7 +33,18 @@ def test_it_does_not_exist_without_a_bot_token(telegram_inbox, telegram_update, 
     assert TelegramUpdate.objects.exists() is False
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"message": {}}', b'{"update_id": "7"}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[]",
+        b'{"message": {}}',
+        b'{"update_id": "7"}',
+        # what the database cannot store (PostgreSQL: NUL, lone surrogates)
+        b'{"update_id": 8, "message": {"chat": {"id": 1, "type": "private"}, "text": "a\\u0000"}}',
+        b'{"update_id": 9, "message": {"chat": {"id": 1, "type": "private"}, "text": "\\ud800"}}',
+    ],
+)
 def test_it_rejects_malformed_updates(telegram_inbox, body):
     # when
     response = telegram_inbox.post(body)

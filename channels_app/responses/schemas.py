@@ -13,6 +13,7 @@ from typing import Any
 from agent_framework import Content, Message
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 
+from afhost.db import storable
 from afhost.models import Run
 from channels_app.exceptions import ApiError
 
@@ -137,7 +138,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
     # JSON can escape characters no database stores (PostgreSQL refuses NUL in text and JSON,
     # and UTF-8 has no lone surrogates). Only bodies that escape them need the close look.
-    if (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw) and not _storable(body):
+    if (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw) and not storable(body):
         raise ApiError(
             400,
             "The request contains a NUL character or an unpaired surrogate (\\u0000, "
@@ -145,25 +146,6 @@ def parse_body(raw: bytes) -> dict[str, Any]:
             code="invalid_value",
         )
     return body
-
-
-def _storable(body: dict[str, Any]) -> bool:
-    pending: list[Any] = [body]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            pending.extend(value)
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-        elif isinstance(value, str):
-            if "\x00" in value:
-                return False
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                return False
-    return True
 
 
 def parse_create(body: Mapping[str, Any]) -> CreateResponse:

@@ -14,6 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from afhost.db import storable
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
     update_id = payload.get("update_id")
     if not isinstance(update_id, int) or isinstance(update_id, bool):
         raise InvalidUpdate("an update needs an integer update_id")
+    if not storable(payload):
+        raise InvalidUpdate("an update with a NUL character or an unpaired surrogate")
     chat_data = _chat_of(payload)
     chat = None
     if isinstance(chat_data, dict) and isinstance(chat_data.get("id"), int):
