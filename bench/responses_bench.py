@@ -116,6 +116,20 @@ def stop_all() -> None:
         stop(proc)
 
 
+def clean_up(workdir: Path) -> None:
+    """Stop every process started, run the clean-ups, remove the temp dir; a second Ctrl-C
+    must not cut this short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_all()
+    for cleanup in reversed(_cleanups):
+        try:
+            cleanup()
+        except Exception as exc:  # report it and go on cleaning up
+            print(f"cleanup failed: {exc}", file=sys.stderr)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -769,18 +783,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
-        # A second Ctrl-C must not cut the clean-up short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if profiler is not None:
             stop_profiler(profiler)
-        stop_all()
-        for cleanup in reversed(_cleanups):
-            try:
-                cleanup()
-            except Exception as exc:  # report it and go on cleaning up
-                print(f"cleanup failed: {exc}", file=sys.stderr)
-        shutil.rmtree(workdir, ignore_errors=True)
+        clean_up(workdir)
     summary = report(results, labels)
     print(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json:

@@ -38,7 +38,6 @@ import os
 import platform
 import random
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -57,6 +56,7 @@ if str(ROOT) not in sys.path:
 from bench import responses_bench as rb  # noqa: E402
 from bench.responses_bench import (  # noqa: E402
     BenchError,
+    clean_up,
     database_label,
     free_port,
     log_tail,
@@ -65,7 +65,6 @@ from bench.responses_bench import (  # noqa: E402
     server_cmd,
     spawn,
     stop,
-    stop_all,
     wait_listening,
 )
 from tests.fakes.telegram_api import FakeTelegramApi  # noqa: E402
@@ -694,17 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
-        # A second Ctrl-C must not cut the clean-up short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_all()
+        clean_up(workdir)
         fake.stop()
-        for cleanup in reversed(rb._cleanups):
-            try:
-                cleanup()
-            except Exception as exc:  # report it and go on cleaning up
-                print(f"cleanup failed: {exc}", file=sys.stderr)
-        shutil.rmtree(workdir, ignore_errors=True)
     report(phases, updates, db, problems)
     print(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json:
