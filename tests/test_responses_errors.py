@@ -86,6 +86,20 @@ def _error(response, status):
             "input[0].content[0].file_data",
             "invalid_value",
         ),
+        # Parameters the host ignores still take only OpenAI's types and values.
+        ({"input": "hi", "truncation": "sometimes"}, "truncation", "invalid_value"),
+        ({"input": "hi", "truncation": True}, "truncation", "invalid_type"),
+        ({"input": "hi", "service_tier": "cheapest"}, "service_tier", "invalid_value"),
+        ({"input": "hi", "service_tier": {"tier": "flex"}}, "service_tier", "invalid_type"),
+        ({"input": "hi", "prompt_cache_key": 42}, "prompt_cache_key", "invalid_type"),
+        ({"input": "hi", "prompt_cache_key": ["k"]}, "prompt_cache_key", "invalid_type"),
+        ({"input": "hi", "include": "reasoning.encrypted_content"}, "include", "invalid_type"),
+        ({"input": "hi", "include": [{"a": 1}]}, "include[0]", "invalid_type"),
+        (
+            {"input": "hi", "include": ["reasoning.encrypted_content", "everything"]},
+            "include[1]",
+            "invalid_value",
+        ),
     ],
 )
 def test_invalid_bodies_are_rejected_with_the_parameter_named(post, body, param, code):
@@ -97,6 +111,21 @@ def test_invalid_bodies_are_rejected_with_the_parameter_named(post, body, param,
     assert (error["param"], error["code"]) == (param, code)
     assert error["type"] == "invalid_request_error"
     assert Run.objects.exists() is False
+
+
+def test_parameters_the_host_ignores_are_accepted_with_openai_values(client):
+    # when
+    response = client.responses.create(
+        model="demo",
+        input="hi",
+        truncation="disabled",
+        service_tier="flex",
+        prompt_cache_key="team-42",
+        include=["reasoning.encrypted_content", "message.output_text.logprobs"],
+    )
+
+    # then
+    assert response.status == "completed"
 
 
 def test_a_missing_api_key_is_unauthorized(live_server_url, live_db):

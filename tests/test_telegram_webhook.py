@@ -1,5 +1,7 @@
 """The webhook view: authenticate, store, acknowledge. Processing is tested elsewhere."""
 
+from unittest import mock
+
 import pytest
 
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
@@ -81,3 +83,85 @@ def test_an_update_without_a_chat_is_acknowledged_and_recorded_as_ignored(
     assert "without a chat" in update.last_error
     assert telegram_inbox.queued == []
     assert TelegramChat.objects.exists() is False
+
+
+_CHAT = b'"chat": {"id": 1, "type": "private"}'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # ids outside PostgreSQL's bigint
+        b'{"update_id": 9223372036854775808, "message": {' + _CHAT + b"}}",
+        b'{"update_id": -9223372036854775809, "message": {' + _CHAT + b"}}",
+        b'{"update_id": 10, "message": {"chat": {"id": 9223372036854775808, "type": "private"}}}',
+        b'{"update_id": 11, "message": {"chat": {"id": -9223372036854775809, "type": "group"}}}',
+        # numbers PostgreSQL's JSON does not have (Python's json accepts them)
+        b'{"update_id": 12, "message": {' + _CHAT + b', "date": NaN}}',
+        b'{"update_id": 13, "message": {' + _CHAT + b', "date": Infinity}}',
+        b'{"update_id": 14, "message": {' + _CHAT + b', "date": -Infinity}}',
+        b'{"update_id": 15, "message": {' + _CHAT + b', "date": 1e400}}',
+        b'{"update_id": NaN, "message": {' + _CHAT + b"}}",
+        # nesting past the recursion limit, and deep nesting the parser accepts
+        b'{"update_id": 16, "message": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"update_id": 17, "message": {' + _CHAT + b', "x": ' + b"[" * 950 + b"]" * 950 + b"}}",
+        b'{"update_id": 18, "message": {' + _CHAT + b', "x": ' + b"[" * 200 + b"]" * 200 + b"}}",
+    ],
+    ids=[
+        "update_id-above-bigint",
+        "update_id-below-bigint",
+        "chat-id-above-bigint",
+        "chat-id-below-bigint",
+        "nan",
+        "infinity",
+        "minus-infinity",
+        "float-overflow",
+        "nan-update-id",
+        "nesting-past-recursion-limit",
+        "nesting-950",
+        "nesting-200",
+    ],
+)
+def test_it_rejects_updates_the_database_cannot_store_with_a_log_line(telegram_inbox, body, caplog):
+    # when
+    response = telegram_inbox.post(body)
+
+    # then
+    assert response.status_code == 400
+    assert response.json()["ok"] is False
+    assert TelegramUpdate.objects.exists() is False
+    assert TelegramChat.objects.exists() is False
+    assert any(
+        record.name == "channels_app.telegram.views" and record.levelname == "WARNING"
+        for record in caplog.records
+    )
+
+
+def test_an_unexpected_error_answers_json_with_a_log_line(telegram_inbox, telegram_update, caplog):
+    # given
+    failure = RuntimeError("the database went away")
+
+    # when
+    with mock.patch("channels_app.telegram.views.receive_update", side_effect=failure):
+        response = telegram_inbox.post(telegram_update("private_text"))
+
+    # then
+    assert response.status_code == 500
+    assert response.json() == {"ok": False, "description": "Internal error"}
+    record = next(r for r in caplog.records if r.name == "channels_app.telegram.views")
+    assert record.levelname == "ERROR"
+    assert record.exc_info[1] is failure
+
+
+def test_an_oversized_update_is_refused_with_json(telegram_inbox, settings, caplog):
+    # given
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+
+    # when
+    response = telegram_inbox.post(b'{"update_id": 19, "x": "' + b"a" * 2048 + b'"}')
+
+    # then
+    assert response.status_code == 413
+    assert response.json()["ok"] is False
+    assert TelegramUpdate.objects.exists() is False
+    assert "oversized telegram update" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import typing
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,20 @@ SUPPORTED_PARAMS = frozenset(
     }
 )
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+
+
+def _literals(hint: Any) -> tuple[str, ...]:
+    """The values of the Literal types in a type hint, through Optional, List and aliases."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    return tuple(value for arg in typing.get_args(hint) for value in _literals(arg))
+
+
+# Parameters we accept and ignore still take only the values OpenAI's SDK allows.
+_OPENAI_TYPES = typing.get_type_hints(ResponseCreateParamsBase)
+TRUNCATIONS = _literals(_OPENAI_TYPES["truncation"])
+SERVICE_TIERS = _literals(_OPENAI_TYPES["service_tier"])
+INCLUDABLES = _literals(_OPENAI_TYPES["include"])
 
 
 def response_id(public_id: uuid.UUID) -> str:
@@ -121,6 +136,27 @@ def _number(body: Mapping[str, Any], name: str, low: float, high: float) -> floa
     if value is not None and not low <= value <= high:
         raise _invalid(name, f"expected a number between {low} and {high}, got {value}.")
     return value
+
+
+def _one_of(value: str, choices: tuple[str, ...], param: str) -> str:
+    if value not in choices:
+        expected = ", ".join(f"'{choice}'" for choice in choices)
+        raise _invalid(param, f"expected one of {expected}, got '{value}'.")
+    return value
+
+
+def _choice(body: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str | None:
+    value = _optional(body, name, str, "a string")
+    return None if value is None else _one_of(value, choices, name)
+
+
+def _include(body: Mapping[str, Any]) -> list[str]:
+    include = _optional(body, "include", list, "an array") or []
+    for index, item in enumerate(include):
+        if not isinstance(item, str):
+            raise _type_error(f"include[{index}]", "a string", item)
+        _one_of(item, INCLUDABLES, f"include[{index}]")
+    return include
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -201,7 +237,10 @@ def parse_create(body: Mapping[str, Any]) -> CreateResponse:
     }
     for name in ("stream_options", "text", "reasoning"):
         _optional(body, name, dict, "an object")
-    _optional(body, "include", list, "an array")
+    _include(body)
+    _choice(body, "truncation", TRUNCATIONS)
+    _choice(body, "service_tier", SERVICE_TIERS)
+    _optional(body, "prompt_cache_key", str, "a string")
     model = _optional(body, "model", str, "a string") or ""
     if len(model) > MAX_MODEL_LENGTH:
         raise _invalid("model", f"expected at most {MAX_MODEL_LENGTH} characters.")

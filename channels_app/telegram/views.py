@@ -8,6 +8,7 @@ import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -32,12 +33,22 @@ def _secret_matches(request: HttpRequest) -> bool:
 async def telegram_webhook(request: HttpRequest) -> HttpResponse:
     if not _secret_matches(request):
         return JsonResponse({"ok": False, "description": "Unauthorized"}, status=401)
+    # Every update gets a decision and a log line: a 4xx for one we will never store (Telegram
+    # would retry a 500 forever), a JSON 500 only for our own failure, which a retry may cure.
     try:
         payload = json.loads(request.body)
         if not isinstance(payload, dict):
             raise InvalidUpdate("an update is a JSON object")
         await sync_to_async(receive_update)(payload=payload)
-    except (ValueError, UnicodeDecodeError) as exc:  # InvalidUpdate and JSONDecodeError included
-        logger.warning("malformed telegram update rejected: %s", exc)
-        return JsonResponse({"ok": False, "description": f"Malformed update: {exc}"}, status=400)
+    except RequestDataTooBig as exc:
+        logger.warning("oversized telegram update rejected: %s", exc)
+        return JsonResponse({"ok": False, "description": "Update too large"}, status=413)
+    # InvalidUpdate, JSONDecodeError and UnicodeDecodeError are ValueErrors.
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        logger.warning("malformed telegram update rejected: %s", reason)
+        return JsonResponse({"ok": False, "description": f"Malformed update: {reason}"}, status=400)
+    except Exception:
+        logger.exception("telegram update not stored: answering 500 so that Telegram retries it")
+        return JsonResponse({"ok": False, "description": "Internal error"}, status=500)
     return JsonResponse({"ok": True})
