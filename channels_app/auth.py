@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Mapping
@@ -29,6 +30,22 @@ class ApiCaller:
     # A chat partition named by a trusted caller (agent-server protocol 1.0), if any.
     chat_key: str | None
     call_id: str | None
+
+
+# Run and Conversation hold isolation keys of up to 300 characters, "api:" included.
+_MAX_NATIVE_ID = 300 - len("api:")
+
+
+def _user_native_id(partition: str, user_id: str) -> str:
+    """`<partition>:user.<id>`, so the same user id names different people in two partitions.
+
+    An id too long to fit next to the partition is replaced by its digest; a readable id begins
+    "user." and a digest "user-sha256.", so the two never collide.
+    """
+    native_id = f"{partition}:user.{user_id}"
+    if len(native_id) <= _MAX_NATIVE_ID:
+        return native_id
+    return f"{partition}:user-sha256.{hashlib.sha256(user_id.encode()).hexdigest()}"
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -88,7 +105,12 @@ async def authenticate(headers: Mapping[str, str]) -> ApiCaller:
             type="permission_error",
             code="untrusted_api_key",
         )
-    native_id = f"user.{user_id}" if user_id else f"key.{api_key.public_id}"
+    # A caller naming no user speaks for the key itself: `api:key.<public_id>`, whatever its
+    # partition. A named user belongs to the key's partition: `api:<partition>:user.<id>`.
+    if user_id:
+        native_id = _user_native_id(api_key.effective_partition, user_id)
+    else:
+        native_id = f"key.{api_key.public_id}"
     return ApiCaller(
         api_key=api_key,
         identity=ChannelIdentity(channel="api", native_id=native_id),

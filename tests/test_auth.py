@@ -39,3 +39,40 @@ def test_identity_headers_are_validated(value):
     with pytest.raises(ApiError) as error:
         auth._header({"x-agent-user-id": value}, "x-agent-user-id")
     assert error.value.status == 400
+
+
+def _identity_of(raw_key: str, **headers: str) -> str:
+    caller = asyncio.run(auth.authenticate({"authorization": f"Bearer {raw_key}", **headers}))
+    return caller.identity.isolation_key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_isolation_keys_say_which_partition_a_user_belongs_to():
+    # given
+    own, own_raw = create_api_key(name="own", is_trusted=True)
+    _, acme_raw = create_api_key(name="acme", is_trusted=True, partition="acme")
+
+    # when
+    in_own = _identity_of(own_raw, **{"x-agent-user-id": "alice"})
+    in_acme = _identity_of(acme_raw, **{"x-agent-user-isolation-key": "alice"})
+    unnamed = _identity_of(own_raw)
+
+    # then
+    assert in_own == f"api:key.{own.public_id}:user.alice"
+    assert in_acme == "api:acme:user.alice"
+    assert unnamed == f"api:key.{own.public_id}"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_user_id_too_long_for_the_partition_is_kept_as_its_digest():
+    # given
+    api_key, raw_key = create_api_key(name="own", is_trusted=True)
+    long_id = "a" * 256
+
+    # when
+    isolation_key = _identity_of(raw_key, **{"x-agent-user-id": long_id})
+
+    # then: it fits the 300 characters runs and conversations hold, and stays one per user
+    assert len(isolation_key) <= 300
+    assert isolation_key.startswith(f"api:key.{api_key.public_id}:user-sha256.")
+    assert isolation_key != _identity_of(raw_key, **{"x-agent-user-id": "b" * 256})

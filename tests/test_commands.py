@@ -27,6 +27,38 @@ def test_create_api_key_prints_the_key_alone_on_the_last_line(db):
     assert "trusted API key 'billing-backend'" in err.getvalue()
 
 
+def test_create_api_key_puts_the_key_into_a_named_partition(db):
+    # given
+    err = io.StringIO()
+
+    # when
+    call_command(
+        "create_api_key",
+        "acme-backend",
+        "--trusted",
+        "--partition",
+        "acme",
+        stdout=io.StringIO(),
+        stderr=err,
+    )
+
+    # then
+    api_key = ApiKey.objects.get()
+    assert api_key.partition == "acme"
+    assert "in partition 'acme'" in err.getvalue()
+
+
+@pytest.mark.parametrize("partition", ["acme:user.bob", "key.1", "x" * 33])
+def test_create_api_key_refuses_an_invalid_partition(db, partition):
+    # when
+    with pytest.raises(CommandError) as error:
+        call_command("create_api_key", "backend", "--partition", partition, stdout=io.StringIO())
+
+    # then
+    assert "partition" in str(error.value)
+    assert not ApiKey.objects.exists()
+
+
 def test_ensure_dev_api_key_creates_once_and_then_reuses_the_key(db, settings, tmp_path):
     # given
     settings.DEBUG = True
@@ -82,13 +114,19 @@ def test_every_custom_management_command_has_a_test():
     assert [name for name in commands if f'"{name}"' not in tests] == []
 
 
-def test_setup_schedules_declares_each_sweeper_once(db):
-    # when
-    call_command("setup_schedules", stdout=io.StringIO())
+def test_setup_schedules_removes_the_sweeper_schedules_of_earlier_versions(db):
+    # given: the schedules an earlier version installed (the worker engine sweeps now)
+    for name, func in (
+        ("afhost.sweep_runs", "afhost.tasks.sweep_runs"),
+        ("channels_app.sweep_telegram_updates", "channels_app.tasks.sweep_telegram_updates"),
+    ):
+        Schedule.objects.create(name=name, func=func, schedule_type=Schedule.MINUTES, minutes=1)
+    out = io.StringIO()
+
+    # when: run twice, as on every deploy
+    call_command("setup_schedules", stdout=out)
     call_command("setup_schedules", stdout=io.StringIO())
 
     # then
-    assert sorted(Schedule.objects.values_list("name", "func", "minutes")) == [
-        ("afhost.sweep_runs", "afhost.tasks.sweep_runs", 1),
-        ("channels_app.sweep_telegram_updates", "channels_app.tasks.sweep_telegram_updates", 1),
-    ]
+    assert Schedule.objects.exists() is False
+    assert "Removed 2 retired schedule(s)" in out.getvalue()

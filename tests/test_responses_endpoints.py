@@ -147,6 +147,74 @@ def test_each_untrusted_key_is_its_own_partition(openai_client_factory, api_key_
         second.responses.retrieve(created.id)
 
 
+def test_trusted_keys_in_their_own_partitions_do_not_share_a_user(
+    openai_client_factory, api_key_factory, live_db
+):
+    # given: two trusted keys, each in its own partition, naming the same user and chat
+    alice_headers = {"x-agent-user-id": "alice", "x-agent-chat-isolation-key": "chat-9"}
+    first = openai_client_factory(api_key_factory("one", is_trusted=True)[1], **alice_headers)
+    second = openai_client_factory(api_key_factory("two", is_trusted=True)[1], **alice_headers)
+    created = first.responses.create(model="demo", input="first key's secret")
+    first.responses.create(model="demo", input="first key's conversation", conversation="conv_1")
+
+    # when
+    in_conversation = second.responses.create(model="demo", input="hi", conversation="conv_1")
+    in_chat = second.responses.create(model="demo", input="hi")
+
+    # then
+    for call in (
+        lambda: second.responses.retrieve(created.id),
+        lambda: second.responses.input_items.list(created.id),
+        lambda: second.responses.create(model="demo", input="x", previous_response_id=created.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert "Before that you said" not in in_conversation.output_text
+    assert "Before that you said" not in in_chat.output_text
+
+
+def test_keys_in_one_named_partition_share_their_users(
+    openai_client_factory, api_key_factory, live_db
+):
+    # given: two trusted keys an operator put into the partition "acme"
+    alice_headers = {"x-agent-user-id": "alice", "x-agent-chat-isolation-key": "chat-9"}
+    first_key = api_key_factory("one", is_trusted=True, partition="acme")[1]
+    first = openai_client_factory(first_key, **alice_headers)
+    second = openai_client_factory(
+        api_key_factory("two", is_trusted=True, partition="acme")[1], **alice_headers
+    )
+    bob = openai_client_factory(first_key, **{"x-agent-user-id": "bob"})
+    created = first.responses.create(model="demo", input="shared secret")
+    first.responses.create(model="demo", input="shared conversation", conversation="conv_1")
+
+    # when
+    in_chat = second.responses.create(model="demo", input="hi")
+    in_conversation = second.responses.create(model="demo", input="hi", conversation="conv_1")
+    continued = second.responses.create(model="demo", input="x", previous_response_id=created.id)
+
+    # then
+    assert second.responses.retrieve(created.id).output_text == created.output_text
+    assert 'Before that you said: "shared secret".' in in_chat.output_text
+    assert 'Before that you said: "shared secret".' in continued.output_text
+    assert 'Before that you said: "shared conversation".' in in_conversation.output_text
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.retrieve(created.id)
+
+
+def test_a_key_in_a_named_partition_naming_no_user_speaks_for_itself(
+    openai_client_factory, api_key_factory, live_db
+):
+    # given
+    first = openai_client_factory(api_key_factory("one", is_trusted=True, partition="acme")[1])
+    second = openai_client_factory(api_key_factory("two", is_trusted=True, partition="acme")[1])
+    created = first.responses.create(model="demo", input="the key's own")
+
+    # then
+    with pytest.raises(openai.NotFoundError):
+        second.responses.retrieve(created.id)
+    assert first.responses.retrieve(created.id).id == created.id
+
+
 def test_an_untrusted_key_may_not_name_a_user(openai_client_factory, raw_api_key):
     # given
     client = openai_client_factory(raw_api_key, **{"x-agent-user-id": "alice"})
