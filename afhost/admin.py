@@ -18,11 +18,41 @@ _STATUS_COLOURS = {
 }
 
 
+class PartitionFilter(admin.SimpleListFilter):
+    """Which keys share a partition: "Own" for keys alone in theirs, then each named one."""
+
+    title = "partition"
+    parameter_name = "partition"
+    OWN = "(own)"  # not a slug, so never a partition's name
+
+    def lookups(self, request, model_admin):
+        named = (
+            ApiKey.objects.exclude(partition="")
+            .order_by("partition")
+            .values_list("partition", flat=True)
+            .distinct()
+        )
+        return [(self.OWN, "Own"), *((name, name) for name in named)]
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        return queryset.filter(partition="" if self.value() == self.OWN else self.value())
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "key_prefix", "is_trusted", "state", "created_at", "revoked_at")
-    list_filter = ("is_trusted", ("revoked_at", admin.EmptyFieldListFilter))
-    search_fields = ("name", "public_id", "key_prefix")
+    list_display = (
+        "name",
+        "key_prefix",
+        "is_trusted",
+        "partition_name",
+        "state",
+        "created_at",
+        "revoked_at",
+    )
+    list_filter = ("is_trusted", PartitionFilter, ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "public_id", "key_prefix", "partition")
     readonly_fields = ("public_id", "key_prefix", "created_at", "revoked_at")
     actions = ("revoke_selected",)
 
@@ -30,11 +60,17 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def state(self, obj: ApiKey) -> str:
         return "revoked" if obj.revoked_at else "active"
 
+    @admin.display(description="Partition", ordering="partition")
+    def partition_name(self, obj: ApiKey) -> str:
+        return obj.partition or PartitionFilter.OWN
+
     def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
-        api_key, raw_key = create_api_key(name=obj.name, is_trusted=obj.is_trusted)
+        api_key, raw_key = create_api_key(
+            name=obj.name, is_trusted=obj.is_trusted, partition=obj.partition
+        )
         obj.pk, obj.public_id = api_key.pk, api_key.public_id
         self.message_user(
             request,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -27,6 +27,26 @@ async def in_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) ->
             connections.close_all()
 
     return await sync_to_async(call, thread_sensitive=False)()
+
+
+def db_call(function: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`function` as an awaitable that runs on the process's database thread.
+
+    That one thread (Django's thread-sensitive executor; the request's own thread inside Django)
+    keeps its connection between calls, so a process that runs many turns opens one connection,
+    not one per turn. A connection that broke (the database restarted) is closed, and the next
+    call opens a new one.
+    """
+
+    def call(*args: Any, **kwargs: Any) -> T:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            for connection in connections.all(initialized_only=True):
+                if connection.errors_occurred and not connection.is_usable():
+                    connection.close()
+
+    return sync_to_async(call, thread_sensitive=True)
 
 
 def storable(value: Any) -> bool:

@@ -16,3 +16,7 @@ class RunNotFound(HostError):
 
 class InvalidRunState(HostError):
     """The run exists but cannot do what was asked in its current status."""
+
+
+class ConversationBusy(HostError):
+    """Another turn is in progress in the conversation; a turn waits, or is refused."""

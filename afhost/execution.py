@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from agent_framework import AgentResponseUpdate, Message
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from afhost import services
-from afhost.db import in_thread
+from afhost.db import db_call, in_thread
+from afhost.exceptions import ConversationBusy
 from afhost.models import Run
 from afhost.registry import get_channel
 from afhost.selectors import next_event_sequence, run_progress
+from afhost.services import StartedRun
 from afhost.targets import get_target
 from afhost.types import HostedRunResult
 from afhost.writer import run_writer
@@ -24,6 +25,8 @@ from afhost.writer import run_writer
 logger = logging.getLogger(__name__)
 
 AGENT_FAILED = "The agent failed to produce a response."
+# How often a turn waiting for its conversation looks again.
+CONVERSATION_WAIT = 0.25
 
 
 def _run_kwargs(run: Run) -> dict[str, Any]:
@@ -36,6 +39,9 @@ def _run_kwargs(run: Run) -> dict[str, Any]:
 def _failure(run: Run, exc: BaseException) -> HostedRunResult:
     logger.exception("run %s: the target raised", run.public_id, exc_info=exc)
     return HostedRunResult.failure(AGENT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+
+
+CANCELLED = HostedRunResult(status=Run.Status.CANCELLED, messages=[])
 
 
 async def invoke(*, run: Run, messages: list[Message]) -> HostedRunResult:
@@ -67,25 +73,52 @@ class TargetStream:
             self.result = _failure(self.run, exc)
 
 
-async def _finish(run: Run, result: HostedRunResult, output_items: list[dict]) -> None:
-    """Store a foreground run's outcome: a prepared run is inserted, a stored one updated."""
-    if run.pk is None:
-        await run_writer.store(run, result, output_items)
-    else:
-        await sync_to_async(services.finish_run)(run=run, result=result, output_items=output_items)
+async def wait_for_turn(begin: Callable[[], StartedRun | None]) -> StartedRun | None:
+    """Call `begin` (a sync service, on the database thread) until its conversation is free.
+
+    Waiting holds no thread and no connection: it sleeps between looks.
+    """
+    while True:
+        try:
+            return await db_call(begin)()
+        except ConversationBusy:
+            await asyncio.sleep(CONVERSATION_WAIT)
 
 
-async def run_blocking(started: services.StartedRun) -> Run:
-    """A foreground run without streaming: run, store, return the finished row."""
+async def run_blocking(started: StartedRun) -> Run:
+    """A run without streaming: run, store, return the finished row.
+
+    A run not stored yet (a foreground API run) is inserted as it starts, by the run writer.
+    If the caller goes away meanwhile, the run is stored as cancelled.
+    """
     run = started.run
-    result = await invoke(run=run, messages=started.messages)
+    writes = run.pk is None
+    if writes:
+        run_writer.start(started)
+    try:
+        result = await invoke(run=run, messages=started.messages)
+    except asyncio.CancelledError:
+        await asyncio.shield(_finish(started, CANCELLED, [], writes=writes))
+        logger.info("run %s: the caller went away; run cancelled", run.public_id)
+        raise
     services.assign_message_ids(result.messages)
     output_items = get_channel(run.channel).render_output(result.messages)
-    await _finish(run, result, output_items)
+    await _finish(started, result, output_items, writes=writes)
     return run
 
 
-async def stream_foreground_run(started: services.StartedRun) -> AsyncIterator[list[dict]]:
+async def _finish(
+    started: StartedRun, result: HostedRunResult, output_items: list[dict], *, writes: bool
+) -> None:
+    if writes:
+        await run_writer.finish(started, result, output_items)
+    else:
+        await db_call(services.finish_run)(
+            started=started, result=result, output_items=output_items
+        )
+
+
+async def stream_foreground_run(started: StartedRun) -> AsyncIterator[list[dict]]:
     """A foreground streamed run: yields batches of wire events; the run is stored before the last.
 
     If the client goes away mid-stream, the run is cancelled.
@@ -93,6 +126,7 @@ async def stream_foreground_run(started: services.StartedRun) -> AsyncIterator[l
     run = started.run
     renderer = get_channel(run.channel).renderer(run, next_sequence=0)
     finished = False
+    run_writer.start(started)
     try:
         yield renderer.start()
         stream = TargetStream(run=run, messages=started.messages)
@@ -100,28 +134,35 @@ async def stream_foreground_run(started: services.StartedRun) -> AsyncIterator[l
             if events := renderer.update(update):
                 yield events
         events = renderer.finish(stream.result)
-        await _finish(run, stream.result, renderer.output_items)
+        await run_writer.finish(started, stream.result, renderer.output_items)
         finished = True
         yield events
     finally:
         if not finished:
-            cancelled = HostedRunResult(status=Run.Status.CANCELLED, messages=[])
-            await _finish(run, cancelled, renderer.output_items)
+            await asyncio.shield(run_writer.finish(started, CANCELLED, renderer.output_items))
             logger.info("run %s: the client went away; run cancelled", run.public_id)
 
 
-async def drive_background_run(*, run: Run, messages: list[Message]) -> None:
-    """Run a claimed background run in a worker, storing its events if it was streamed.
+async def run_background(run_id: int) -> None:
+    """A worker's job for a queued background run: wait for its conversation, claim it, drive it."""
+    started = await wait_for_turn(lambda: services.begin_background_run(run_id=run_id))
+    if started is not None:
+        await drive_background_run(started)
+
+
+async def drive_background_run(started: StartedRun) -> None:
+    """Run a claimed background run, storing its events if it was streamed.
 
     A cancel (seen by polling the row) stops the target at once.
     """
+    run = started.run
     renderer = get_channel(run.channel).renderer(
-        run, next_sequence=await sync_to_async(next_event_sequence)(run=run)
+        run, next_sequence=await db_call(next_event_sequence)(run=run)
     )
-    save = sync_to_async(services.record_events)
+    save = db_call(services.record_events)
     if run.is_streamed:
         await save(run=run, events=renderer.resume())
-    stream = TargetStream(run=run, messages=messages)
+    stream = TargetStream(run=run, messages=started.messages)
 
     async def consume() -> None:
         async for update in stream:
@@ -130,25 +171,29 @@ async def drive_background_run(*, run: Run, messages: list[Message]) -> None:
                 await save(run=run, events=events)
 
     task = asyncio.ensure_future(consume())
-    while not task.done():
-        await asyncio.wait({task}, timeout=settings.AFHOST_POLL_INTERVAL)
-        if not task.done() and await _is_cancelled(run):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            logger.info("run %s was cancelled while running", run.public_id)
-            return
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=settings.AFHOST_POLL_INTERVAL)
+            if not task.done() and await _is_cancelled(run):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                logger.info("run %s was cancelled while running", run.public_id)
+                await db_call(services.end_cancelled_run)(started=started)
+                return
+    finally:
+        task.cancel()  # the job itself was cancelled: so is the target
     task.result()
     events = renderer.finish(stream.result)
-    await sync_to_async(services.finish_run)(
-        run=run,
+    await db_call(services.finish_run)(
+        started=started,
         result=stream.result,
         output_items=renderer.output_items,
         events=events if run.is_streamed else [],
     )
 
 
-@sync_to_async
+@db_call
 def _is_cancelled(run: Run) -> bool:
     return Run.objects.filter(pk=run.pk, status=Run.Status.CANCELLED).exists()
 

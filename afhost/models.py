@@ -18,6 +18,18 @@ class TimestampedModel(models.Model):
         abstract = True
 
 
+class LeasedModel(models.Model):
+    """A row one process at a time works on, under a short lease it renews while the work is
+    alive (afhost.leases). A process that dies stops renewing, and the row is free again once
+    `lease_expires_at` has passed."""
+
+    lease_owner = models.CharField(max_length=32, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        abstract = True
+
+
 def hash_api_key(raw_key: str) -> str:
     # Keys are 256-bit random tokens, so a fast digest is enough (no password-style stretching).
     return hashlib.sha256(raw_key.encode()).hexdigest()
@@ -35,6 +47,9 @@ class ApiKey(TimestampedModel):
     """A named credential for the HTTP channels. Only its hash is stored."""
 
     PREFIX = "afh_"
+    # Letters, digits, - and _ (a slug), so a named partition never looks like a key's own one
+    # ("key.<public_id>") and never contains the ":" that ends it in an isolation key.
+    PARTITION_MAX_LENGTH = 32
 
     public_id = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
     name = models.CharField(max_length=100)
@@ -46,6 +61,13 @@ class ApiKey(TimestampedModel):
         default=False,
         help_text="Trusted callers (a backend, the Foundry platform) may name the end user in "
         "x-agent-user-id / x-agent-user-isolation-key headers.",
+    )
+    partition = models.SlugField(
+        max_length=PARTITION_MAX_LENGTH,
+        blank=True,
+        help_text="The end users a trusted key names live in this partition. Blank: the key's "
+        "own partition. Keys that name the same partition (e.g. 'acme') see the same users' "
+        "responses and conversations.",
     )
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
 
@@ -60,6 +82,11 @@ class ApiKey(TimestampedModel):
     @classmethod
     def generate_raw_key(cls) -> str:
         return cls.PREFIX + secrets.token_urlsafe(32)
+
+    @property
+    def effective_partition(self) -> str:
+        """The partition of the end users this key names: the named one, else its own."""
+        return self.partition or f"key.{self.public_id}"
 
     def set_key(self, raw_key: str) -> None:
         self.key_prefix = raw_key[:12]
@@ -76,10 +103,11 @@ class ApiKey(TimestampedModel):
     revoke.alters_data = True
 
 
-class Conversation(TimestampedModel):
+class Conversation(TimestampedModel, LeasedModel):
     """A named thread of runs for one isolation key, e.g. a Responses `conversation` or a chat.
 
-    `head_run` is the latest run; a new run continues from it.
+    `head_run` is the latest run; a new run continues from it. A turn holds the conversation's
+    lease from reading the head to moving it on, so turns in one conversation never overlap.
     """
 
     public_id = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
@@ -109,8 +137,12 @@ class RunQuerySet(models.QuerySet["Run"]):
         return self.filter(isolation_key=isolation_key, is_stored=True)
 
 
-class Run(TimestampedModel):
-    """One invocation of the hosted target. For the Responses API, a Run is a response."""
+class Run(TimestampedModel, LeasedModel):
+    """One invocation of the hosted target. For the Responses API, a Run is a response.
+
+    An in-progress run is leased by the process running it; one whose lease ran out was lost
+    with its process, and the sweeper fails it.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -168,11 +200,17 @@ class Run(TimestampedModel):
         indexes = [
             # Used by the Responses endpoints: every lookup is scoped to the caller's isolation key.
             models.Index(fields=["isolation_key", "created_at"], name="afhost_run_isolation"),
-            # Used by services.sweep_runs: background runs that are still queued or running.
+            # Used by services.sweep_runs: background runs still waiting for a worker.
             models.Index(
-                fields=["status", "enqueued_at"],
-                condition=models.Q(is_background=True, status__in=["queued", "in_progress"]),
-                name="afhost_run_active_background",
+                fields=["enqueued_at"],
+                condition=models.Q(is_background=True, status="queued"),
+                name="afhost_run_queued_background",
+            ),
+            # Used by services.sweep_runs: running runs whose process stopped renewing the lease.
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=models.Q(status="in_progress"),
+                name="afhost_run_in_progress_lease",
             ),
         ]
 
@@ -189,31 +227,6 @@ class Run(TimestampedModel):
         self.enqueued_at = now
 
     mark_enqueued.alters_data = True
-
-    def claim(self) -> bool:
-        """Move a queued run to in_progress; False if another worker or a cancel got there first."""
-        now = timezone.now()
-        updated = Run.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.IN_PROGRESS, started_at=now, updated_at=now
-        )
-        if updated:
-            self.status, self.started_at = self.Status.IN_PROGRESS, now
-        return bool(updated)
-
-    claim.alters_data = True
-
-    def finish(self, outcome: dict) -> bool:
-        """Store the outcome (services.run_outcome) of this in-progress run.
-
-        False, storing nothing, if it was cancelled meanwhile.
-        """
-        updated = Run.objects.filter(pk=self.pk, status=self.Status.IN_PROGRESS).update(**outcome)
-        if updated:
-            for name, value in outcome.items():
-                setattr(self, name, value)
-        return bool(updated)
-
-    finish.alters_data = True
 
     def cancel(self) -> bool:
         """Cancel a queued or in-progress run; False if it had already ended."""

@@ -1,10 +1,12 @@
-"""The host core knows channels only through this registry: channel name -> rendering hooks.
+"""The host core knows channels only through this registry: channel name -> rendering hooks, and
+the sweepers that recover their lost work.
 
-Channels register themselves from their AppConfig.ready(); the core never imports them.
+Apps register from their AppConfig.ready(); the core never imports them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -58,3 +60,17 @@ def get_channel(name: str) -> StreamingChannel:
         return _channels[name]
     except KeyError:
         raise LookupError(f"no channel named {name!r} is registered") from None
+
+
+_sweepers: list[Callable[[], object]] = []
+
+
+def register_sweeper(sweep: Callable[[], object]) -> None:
+    """A function the worker engine calls every third of a lease to hand out work whose process
+    died or whose queue task went missing. It must be safe to run in many processes at once."""
+    if sweep not in _sweepers:
+        _sweepers.append(sweep)
+
+
+def sweepers() -> list[Callable[[], object]]:
+    return list(_sweepers)

@@ -3,34 +3,28 @@
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from agent_framework import Message
-from asgiref.sync import async_to_sync
-from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from afhost.exceptions import InvalidRunState, RunNotFound
+from afhost.exceptions import ConversationBusy, InvalidRunState, RunNotFound
+from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunEvent
 from afhost.registry import get_channel
 from afhost.selectors import conversation_history, next_event_sequence
-from afhost.types import ChannelRequest, HostedRunResult
+from afhost.types import ChannelRequest, HostedRunResult, new_item_id
 
 logger = logging.getLogger(__name__)
 
 # How long a background run may wait in the queue before the sweeper hands it out again.
 QUEUE_GRACE = timedelta(minutes=2)
-
-
-def new_item_id(prefix: str) -> str:
-    # Item ids name parts of a response; they grant nothing, so they need no secure randomness
-    # (and each os.urandom call is a system call on the hot path).
-    return f"{prefix}_{random.getrandbits(192):048x}"
 
 
 def reset_conversation(*, channel: str, isolation_key: str, key: str) -> None:
@@ -50,36 +44,71 @@ def _message_dicts(messages: list[Message]) -> list[dict]:
     return [message.to_dict() for message in messages]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False)
 class StartedRun:
+    """A run under way, with what its target is given, and the leases its turn holds.
+
+    The leases are renewed while this object lives: one a crashed request or job dropped
+    without giving them back runs out on its own.
+    """
+
     run: Run
-    # What the target is given: the conversation so far, then the new input.
+    # The conversation so far, then the new input.
     messages: list[Message]
+    # The lease on the run's conversation, held from reading its head to moving it on.
+    conversation_lease: str = ""
 
 
-def _new_run(request: ChannelRequest) -> tuple[Run, list[Message]]:
-    """An unsaved run for `request` and the history it continues (checked for the caller)."""
-    isolation_key = request.isolation_key
-    previous, conversation = None, None
+@dataclass(frozen=True, slots=True)
+class _Continuation:
+    previous: Run | None = None
+    conversation: Conversation | None = None
+    lease: str = ""
+
+
+def _continuation(request: ChannelRequest) -> _Continuation:
+    """What a new turn continues: a previous run (checked for the caller), or the head of its
+    conversation, whose lease the turn then holds. A conversation another turn is in raises
+    ConversationBusy; previous_response_id branches need no lease."""
     if request.previous_run_id is not None:
         previous = (
-            Run.objects.visible_to(isolation_key).filter(public_id=request.previous_run_id).first()
+            Run.objects.visible_to(request.isolation_key)
+            .filter(public_id=request.previous_run_id)
+            .first()
         )
         if previous is None:
             raise RunNotFound("previous run not found", param="previous_response_id")
         if previous.status in Run.ACTIVE_STATUSES:
             raise InvalidRunState("previous run still in progress", param="previous_response_id")
-    elif request.conversation_key is not None:
-        conversation, _ = Conversation.objects.get_or_create(
-            channel=request.channel, isolation_key=isolation_key, key=request.conversation_key
-        )
-        previous = conversation.head_run
-    run = Run(
+        return _Continuation(previous=previous)
+    if request.conversation_key is None:
+        return _Continuation()
+    conversation = _conversation(request.channel, request.isolation_key, request.conversation_key)
+    return _lease_conversation(conversation)
+
+
+def _conversation(channel: str, isolation_key: str, key: str) -> Conversation:
+    conversation, _ = Conversation.objects.get_or_create(
+        channel=channel, isolation_key=isolation_key, key=key
+    )
+    return conversation
+
+
+def _lease_conversation(conversation: Conversation) -> _Continuation:
+    lease = take_lease(Conversation, conversation.pk)
+    if not lease:
+        raise ConversationBusy("another turn is in this conversation", param="conversation")
+    # Read under the lease: the head the previous turn left.
+    conversation.refresh_from_db(fields=["head_run"])
+    return _Continuation(previous=conversation.head_run, conversation=conversation, lease=lease)
+
+
+def _new_run(request: ChannelRequest, continuation: _Continuation, **fields) -> Run:
+    return Run(
         channel=request.channel,
-        isolation_key=isolation_key,
-        conversation=conversation,
-        previous_run=previous,
-        status=Run.Status.QUEUED if request.background else Run.Status.IN_PROGRESS,
+        isolation_key=request.isolation_key,
+        conversation=continuation.conversation,
+        previous_run=continuation.previous,
         is_background=request.background,
         is_streamed=request.stream,
         is_stored=request.store,
@@ -89,42 +118,131 @@ def _new_run(request: ChannelRequest) -> tuple[Run, list[Message]]:
         metadata=dict(request.metadata),
         attributes=dict(request.attributes),
         input_messages=_message_dicts(request.input),
+        **fields,
     )
-    return run, conversation_history(run=previous)
 
 
-def _advance_conversation(run: Run) -> None:
-    if run.conversation_id is not None:
-        Conversation.objects.filter(pk=run.conversation_id).update(
-            head_run=run, updated_at=timezone.now()
-        )
+def _in_progress(run_lease: str) -> dict:
+    now = timezone.now()
+    return {
+        "status": Run.Status.IN_PROGRESS,
+        "started_at": now,
+        "lease_owner": run_lease,
+        "lease_expires_at": now + lease_duration(),
+    }
 
 
-@transaction.atomic
-def start_run(*, request: ChannelRequest) -> StartedRun:
-    """Record a new run now, continuing its conversation; background runs are also queued."""
-    run, history = _new_run(request)
-    if request.background:
-        run.enqueued_at = run.created_at
-    run.save(force_insert=True)
-    _advance_conversation(run)
-    if request.background:
-        if request.stream:
-            record_events(
-                run=run, events=get_channel(run.channel).renderer(run, next_sequence=0).start()
-            )
-        transaction.on_commit(lambda: _queue(run))
-    return StartedRun(run=run, messages=[*history, *request.input])
+def _started(run: Run, continuation: _Continuation, new_input: list[Message]) -> StartedRun:
+    started = StartedRun(
+        run=run,
+        messages=[*conversation_history(run=continuation.previous), *new_input],
+        conversation_lease=continuation.lease,
+    )
+    if continuation.lease:
+        keeper.hold(Conversation, continuation.conversation.pk, continuation.lease, started)
+    return started
 
 
 def prepare_run(*, request: ChannelRequest) -> StartedRun:
-    """A foreground run, stored only when it ends (see store_finished_runs).
+    """A foreground run, not stored yet: the run writer inserts it as it starts (run_writer)."""
+    continuation = _continuation(request)
+    try:
+        run = _new_run(request, continuation, **_in_progress(secrets.token_hex(8)))
+        return _started(run, continuation, request.input)
+    except BaseException:
+        release_conversation(conversation=continuation.conversation, lease=continuation.lease)
+        raise
 
-    Until then nobody can see it: its id reaches the client with the finished response, or the
-    first event of a stream; a stream the client leaves is stored as cancelled.
+
+@transaction.atomic
+def start_run(*, request: ChannelRequest, link: Callable[[Run], None] | None = None) -> StartedRun:
+    """Store a new run as in progress now, under this process's lease, and `link` it to what
+    asked for it (e.g. a Telegram update) in the same transaction."""
+    continuation = _continuation(request)
+    run = _new_run(request, continuation, **_in_progress(secrets.token_hex(8)))
+    run.save(force_insert=True)
+    if link is not None:
+        link(run)
+    started = _started(run, continuation, request.input)
+    transaction.on_commit(lambda: keeper.hold(Run, run.pk, run.lease_owner, started))
+    return started
+
+
+@transaction.atomic
+def queue_run(*, request: ChannelRequest) -> Run:
+    """Store a background run as queued and hand it to the workers once committed.
+
+    A run in a named conversation reads its history when a worker starts it, after the turns
+    before it have ended; one after a previous response continues from that response.
     """
-    run, history = _new_run(request)
-    return StartedRun(run=run, messages=[*history, *request.input])
+    if request.previous_run_id is not None:
+        continuation = _continuation(request)
+    elif request.conversation_key is not None:
+        continuation = _Continuation(
+            conversation=_conversation(
+                request.channel, request.isolation_key, request.conversation_key
+            )
+        )
+    else:
+        continuation = _Continuation()
+    run = _new_run(request, continuation, status=Run.Status.QUEUED)
+    run.enqueued_at = run.created_at
+    run.save(force_insert=True)
+    if request.stream:
+        record_events(
+            run=run, events=get_channel(run.channel).renderer(run, next_sequence=0).start()
+        )
+    transaction.on_commit(lambda: _queue(run))
+    return run
+
+
+def begin_background_run(*, run_id: int) -> StartedRun | None:
+    """Start a queued background run in this worker: take its conversation's lease, then the
+    run's own. None if there is nothing to do (gone, cancelled, or running elsewhere); raises
+    ConversationBusy while another turn is in its conversation."""
+    run = Run.objects.filter(pk=run_id).select_related("conversation", "previous_run").first()
+    if run is None or run.status != Run.Status.QUEUED:
+        return None
+    continuation = _Continuation(previous=run.previous_run)
+    if run.conversation is not None:
+        continuation = _lease_conversation(run.conversation)
+    now = timezone.now()
+    run_lease = take_lease(
+        Run,
+        run.pk,
+        where=Q(status=Run.Status.QUEUED),
+        status=Run.Status.IN_PROGRESS,
+        started_at=now,
+        previous_run=continuation.previous,
+    )
+    if not run_lease:
+        release_conversation(conversation=run.conversation, lease=continuation.lease)
+        return None
+    run.refresh_from_db()
+    return _started(run, continuation, [Message.from_dict(m) for m in run.input_messages])
+
+
+def resume_run(*, run: Run) -> StartedRun | None:
+    """Take over an in-progress run whose process died (its lease ran out), to run it again
+    from its conversation's current head. None if another process holds or ended it; raises
+    ConversationBusy while another turn is in its conversation."""
+    continuation = _Continuation(previous=run.previous_run)
+    if run.conversation is not None:
+        continuation = _lease_conversation(run.conversation)
+    run_lease = take_lease(
+        Run, run.pk, where=Q(status=Run.Status.IN_PROGRESS), previous_run=continuation.previous
+    )
+    if not run_lease:
+        release_conversation(conversation=run.conversation, lease=continuation.lease)
+        return None
+    run.refresh_from_db()
+    return _started(run, continuation, [Message.from_dict(m) for m in run.input_messages])
+
+
+def release_conversation(*, conversation: Conversation | None, lease: str) -> None:
+    """Give a conversation's lease back without moving it on (the turn stored nothing)."""
+    if conversation is not None and lease:
+        give_back(Conversation, conversation.pk, lease)
 
 
 def _queue(run: Run) -> None:
@@ -142,11 +260,11 @@ def enqueue_run(*, run: Run) -> None:
 
 
 def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
-    """Recover background runs the queue lost: re-enqueue long-queued runs, fail long-running ones.
+    """Recover runs their process or the queue lost: re-enqueue long-queued background runs, and
+    fail in-progress runs whose lease ran out (their process died mid-turn).
 
-    Runs only when a task went missing (a worker killed mid-run, a task the broker dropped), so
-    nothing accepted waits forever. Re-enqueueing is safe: a run is claimed at most once.
-    Returns (re-enqueued, failed).
+    Safe in many processes at once: a run is claimed at most once, and failing one first takes
+    its expired lease. Returns (re-enqueued, failed).
     """
     now = now or timezone.now()
     requeued = 0
@@ -156,17 +274,42 @@ def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
         with transaction.atomic():
             enqueue_run(run=run)
         requeued += 1
-    lost_before = now - timedelta(seconds=settings.AFHOST_RUN_TIMEOUT) - QUEUE_GRACE
-    failed = 0
-    for run in Run.objects.filter(
-        is_background=True, status=Run.Status.IN_PROGRESS, started_at__lt=lost_before
-    ).order_by("pk"):
-        failed += _fail_interrupted_run(run)
+    failed = sum(
+        fail_lost_run(run=run)
+        for run in Run.objects.filter(
+            status=Run.Status.IN_PROGRESS, lease_expires_at__lt=now
+        ).order_by("pk")
+    )
     if requeued or failed:
         logger.warning(
             "sweep: re-enqueued %d queued run(s), failed %d lost run(s)", requeued, failed
         )
     return requeued, failed
+
+
+def fail_lost_run(*, run: Run) -> bool:
+    """Fail an in-progress run whose process died; False if it is alive or ended after all."""
+    lease = take_lease(Run, run.pk, where=Q(status=Run.Status.IN_PROGRESS))
+    if not lease:
+        return False
+    run.lease_owner = lease
+    result = HostedRunResult.failure(
+        "The run was interrupted before it finished.", detail="its process stopped (lease expired)"
+    )
+    renderer = get_channel(run.channel).renderer(run, next_sequence=next_event_sequence(run=run))
+    events = renderer.finish(result)
+    # Not part of its conversation: the turn never ended, so the conversation did not move on.
+    failed = finish_run(
+        started=StartedRun(run=run, messages=[]),
+        result=result,
+        output_items=[],
+        events=events if run.is_streamed else [],
+    )
+    if failed:
+        logger.error(
+            "run %s was interrupted (its process died) and is marked failed", run.public_id
+        )
+    return failed
 
 
 def record_events(*, run: Run, events: list[dict]) -> None:
@@ -177,28 +320,78 @@ def record_events(*, run: Run, events: list[dict]) -> None:
 
 @transaction.atomic
 def finish_run(
-    *, run: Run, result: HostedRunResult, output_items: list[dict], events: list[dict] = ()
+    *,
+    started: StartedRun,
+    result: HostedRunResult,
+    output_items: list[dict],
+    events: Sequence[dict] = (),
 ) -> bool:
-    """Store the outcome of a stored run (and, for stored streams, its last events).
+    """Store the outcome of a stored in-progress run (and, for stored streams, its last events),
+    give its lease back, and move its conversation on to it.
 
-    Returns False, storing nothing, if the run was cancelled meanwhile.
+    Returns False, storing nothing, if the run was cancelled meanwhile or its lease was lost.
     """
-    finished = run.finish(run_outcome(result=result, output_items=output_items))
-    if finished and events:
-        record_events(run=run, events=events)
+    run = started.run
+    outcome = run_outcome(result=result, output_items=output_items)
+    finished = give_back(
+        Run, run.pk, run.lease_owner, where=Q(status=Run.Status.IN_PROGRESS), **outcome
+    )
+    if finished:
+        for name, value in outcome.items():
+            setattr(run, name, value)
+        if events:
+            record_events(run=run, events=list(events))
+    run.lease_owner, run.lease_expires_at = "", None
+    _end_turn(started, moved_on=finished)
     return finished
 
 
 @transaction.atomic
-def store_finished_runs(*, finished: Sequence[tuple[Run, HostedRunResult, list[dict]]]) -> None:
-    """Insert prepared foreground runs with their outcomes (one statement for all of them), and
-    move their conversations on."""
-    for run, result, output_items in finished:
+def end_cancelled_run(*, started: StartedRun) -> None:
+    """Give back the leases of a run that was cancelled while it ran; its conversation does not
+    move on."""
+    give_back(Run, started.run.pk, started.run.lease_owner)
+    _end_turn(started, moved_on=False)
+
+
+def _end_turn(started: StartedRun, *, moved_on: bool) -> None:
+    """Give the conversation's lease back, moving it on to the run if the run was stored."""
+    run = started.run
+    if not started.conversation_lease:
+        return
+    changes = {"head_run": run} if moved_on else {}
+    if not give_back(Conversation, run.conversation_id, started.conversation_lease, **changes):
+        logger.warning(
+            "run %s: the lease on conversation %s ran out before the turn ended",
+            run.public_id,
+            run.conversation_id,
+        )
+
+
+@transaction.atomic
+def store_runs(
+    *,
+    started: Sequence[StartedRun],
+    finished: Sequence[tuple[StartedRun, HostedRunResult, list[dict]]],
+) -> None:
+    """The run writer's batch: insert runs that started (one statement for all, finished ones
+    with their outcome), and finish those it had inserted before."""
+    inserted_finished = [entry for entry in finished if entry[0].run.pk is None]
+    later = [entry for entry in finished if entry[0].run.pk is not None]
+    for entry, result, output_items in inserted_finished:
         for name, value in run_outcome(result=result, output_items=output_items).items():
-            setattr(run, name, value)
-    runs = Run.objects.bulk_create([run for run, _, _ in finished])
-    for run in runs:
-        _advance_conversation(run)
+            setattr(entry.run, name, value)
+        entry.run.lease_owner, entry.run.lease_expires_at = "", None
+    Run.objects.bulk_create(
+        [entry.run for entry in started] + [entry.run for entry, _, _ in inserted_finished]
+    )
+    for entry, _, _ in inserted_finished:
+        _end_turn(entry, moved_on=True)
+    for entry, result, output_items in later:
+        finish_run(started=entry, result=result, output_items=output_items)
+    transaction.on_commit(
+        lambda: [keeper.hold(Run, entry.run.pk, entry.run.lease_owner, entry) for entry in started]
+    )
 
 
 def run_outcome(*, result: HostedRunResult, output_items: list[dict]) -> dict:
@@ -236,49 +429,19 @@ def delete_run(*, run: Run) -> None:
     run.delete()
 
 
-def execute_background_run(*, run_id: int) -> None:
-    """Run a queued background run to its end. Safe to call again for the same run."""
-    from afhost import execution  # the async half; imported here to keep this module sync-only
-
-    run = Run.objects.filter(pk=run_id).first()
-    if run is None:
-        logger.info("run %s was deleted before it started", run_id)
-        return
-    if run.status == Run.Status.IN_PROGRESS:
-        # A second task for a run another worker is running (the sweeper re-enqueued it while
-        # its first task waited in a backlog) leaves it alone. Past the run timeout, only a
-        # redelivery of a task whose worker died finds it here.
-        lost_before = timezone.now() - timedelta(seconds=settings.AFHOST_RUN_TIMEOUT)
-        if run.started_at is not None and run.started_at < lost_before:
-            _fail_interrupted_run(run)
-        else:
-            logger.info("run %s is already running elsewhere: nothing to do", run.public_id)
-        return
-    if not run.claim():
-        logger.info("run %s is %s, not queued: nothing to do", run.public_id, run.status)
-        return
-    async_to_sync(execution.drive_background_run)(run=run, messages=conversation_history(run=run))
-
-
-def _fail_interrupted_run(run: Run) -> bool:
-    result = HostedRunResult.failure(
-        "The run was interrupted before it finished.", detail="worker lost"
-    )
-    renderer = get_channel(run.channel).renderer(run, next_sequence=next_event_sequence(run=run))
-    events = renderer.finish(result)
-    streamed = events if run.is_streamed else []
-    failed = finish_run(run=run, result=result, output_items=[], events=streamed)
-    if failed:
-        logger.error("run %s was interrupted (its worker died) and is marked failed", run.public_id)
-    return failed
-
-
 @transaction.atomic
-def create_api_key(*, name: str, is_trusted: bool = False) -> tuple[ApiKey, str]:
-    """Create a key; the raw key is returned once and never stored."""
+def create_api_key(
+    *, name: str, is_trusted: bool = False, partition: str = ""
+) -> tuple[ApiKey, str]:
+    """Create a key; the raw key is returned once and never stored.
+
+    `partition` names a partition shared with other keys; blank gives the key its own. Raises
+    ValidationError for an invalid name or partition.
+    """
     raw_key = ApiKey.generate_raw_key()
-    api_key = ApiKey(name=name, is_trusted=is_trusted)
+    api_key = ApiKey(name=name, is_trusted=is_trusted, partition=partition)
     api_key.set_key(raw_key)
+    api_key.full_clean()
     api_key.save()
     return api_key, raw_key
 

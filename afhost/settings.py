@@ -62,6 +62,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # PostgreSQL stores no NUL: a query parameter holding one gets a 400, not a 500 from a lookup.
+    "afhost.middleware.refuse_nul_characters",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -103,6 +105,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and not _IS
     DATABASES["default"]["OPTIONS"] = {
         "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 10, minimum=1)}
     }
+    # The pool checks a connection before handing it out (Django passes psycopg_pool's
+    # check=ConnectionPool.check_connection when this is on; a "check" in the pool options would
+    # clash with it), so one the server dropped (after a PostgreSQL restart) is replaced instead
+    # of failing a request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker share the file: WAL plus IMMEDIATE avoids "database is locked".
     DATABASES["default"]["OPTIONS"] = {
@@ -135,12 +142,27 @@ SECURE_PROXY_SSL_HEADER = (
 # Request bodies (images and files travel inline as data URLs) are capped here.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("AFHOST_MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1024)
 
+# Every handler redacts the configured secrets (the bot token is in every Bot API URL); Django's
+# loggers reach it through the root instead of Django's unfiltered default handlers.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"redact_secrets": {"()": "afhost.logs.RedactSecrets"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["redact_secrets"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django": {"handlers": [], "level": "INFO"},  # drops Django's own handlers
+        # One INFO line per HTTP request (each Bot API call) is noise.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }
 
 # --- afhost ------------------------------------------------------------------------------------
@@ -153,6 +175,12 @@ AFHOST_RUN_TIMEOUT = env_int("AFHOST_RUN_TIMEOUT", 600, minimum=5)
 AFHOST_API_KEY_CACHE_SECONDS = env_float("AFHOST_API_KEY_CACHE_SECONDS", 5)
 # How often a background run checks whether it was cancelled, and a stream tail polls for events.
 AFHOST_POLL_INTERVAL = env_float("AFHOST_POLL_INTERVAL", 0.1)
+# Turns one worker process runs at once. A turn mostly awaits its model and holds no thread and
+# no database connection meanwhile, so this is sized for waiting, not for cores.
+AFHOST_WORKER_CONCURRENCY = env_int("AFHOST_WORKER_CONCURRENCY", 100, minimum=1)
+# A process renews the leases on the runs, conversations and chats it works on every third of
+# this; the work of a process that died is taken over by another once its leases run out.
+AFHOST_LEASE_SECONDS = env_float("AFHOST_LEASE_SECONDS", 30, minimum=1)
 
 # django-q2 on the ORM broker: the database row is the source of truth, the queue only carries ids.
 Q_CLUSTER = {

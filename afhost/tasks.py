@@ -1,13 +1,10 @@
-"""django-q2 task functions: each takes a row id and calls one service."""
+"""django-q2 task functions: each takes a row id and hands its job to the worker engine."""
 
 from __future__ import annotations
 
-from afhost import services
+from afhost import execution
+from afhost.engine import run_job
 
 
 def execute_run(run_id: int) -> None:
-    services.execute_background_run(run_id=run_id)
-
-
-def sweep_runs() -> None:
-    services.sweep_runs()
+    run_job(lambda: execution.run_background(run_id), name=f"run {run_id}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,13 +10,11 @@ from typing import Any
 
 from agent_framework import AgentResponse, Message
 
-# Isolation keys partition data; they are never used to build a file path, and are kept to a
-# charset that is safe wherever they end up (logs, cache keys, URLs).
-_ISOLATION_KEY = re.compile(r"[A-Za-z0-9._:@\-]{1,300}")
 
-
-def is_valid_isolation_key(value: str) -> bool:
-    return bool(_ISOLATION_KEY.fullmatch(value))
+def new_item_id(prefix: str) -> str:
+    # Item ids name parts of a response; they grant nothing, so they need no secure randomness
+    # (and each os.urandom call is a system call on the hot path).
+    return f"{prefix}_{random.getrandbits(192):048x}"
 
 
 @dataclass(frozen=True, slots=True)

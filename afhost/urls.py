@@ -2,13 +2,9 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 
 from afhost import views
-from channels_app.exceptions import ApiError, api_endpoint
+from channels_app.views import api_not_found
 
-
-@api_endpoint("GET", "POST", "PUT", "PATCH", "DELETE")
-async def api_not_found(request, path: str = ""):
-    raise ApiError(404, f"Unknown endpoint: {request.method} {request.path}", code="not_found")
-
+handler400 = "channels_app.views.bad_request"
 
 urlpatterns = [
     path("admin/", admin.site.urls),

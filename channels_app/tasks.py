@@ -1,13 +1,10 @@
-"""django-q2 task functions: each takes a row id and calls one service."""
+"""django-q2 task functions: each takes a row id and hands its job to the worker engine."""
 
 from __future__ import annotations
 
-from channels_app.telegram import services as telegram
+from afhost.engine import run_job
+from channels_app.telegram import processing
 
 
 def process_telegram_chat(chat_pk: int) -> None:
-    telegram.process_chat(chat_pk=chat_pk)
-
-
-def sweep_telegram_updates() -> None:
-    telegram.sweep_updates()
+    run_job(lambda: processing.answer_chat(chat_pk), name=f"telegram chat {chat_pk}")

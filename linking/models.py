@@ -13,7 +13,7 @@ from afhost.models import TimestampedModel
 class Identity(TimestampedModel):
     public_id = models.UUIDField(default=uuid.uuid4, editable=False, unique=True)
     channel = models.CharField(max_length=32)
-    native_id = models.CharField(max_length=200)
+    native_id = models.CharField(max_length=300)
     display_name = models.CharField(max_length=200, blank=True)
     username = models.CharField(max_length=200, blank=True)
     attributes = models.JSONField(default=dict, blank=True)

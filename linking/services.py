@@ -1,6 +1,8 @@
-"""Recording who talks to the agent."""
+"""Who talks to the agent, and whether they may."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from django.utils import timezone
 
@@ -30,3 +32,16 @@ def touch_identity(
         },
     )
     return row
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """The identity may start a turn."""
+
+
+def authorize(*, identity: Identity) -> Allowed:
+    """Whether `identity` may talk to the agent: the one place every channel's turns are decided.
+
+    Everyone may, until operators can curate allowlists and link policies.
+    """
+    return Allowed()

@@ -129,32 +129,93 @@ def live_server_url(django_db_setup, fake_telegram, tmp_path_factory) -> Iterato
     _stop(process)
 
 
+class Cluster:
+    """A django-q2 cluster (`manage.py qcluster`) in a subprocess of its own session."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def _started(self) -> int:
+        return sum("Q Cluster" in line and "running" in line for line in self.log.open())
+
+    def start(self) -> Cluster:
+        with self.log.open("a") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "qcluster"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while self._started() <= self.starts:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"qcluster did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        self.starts += 1
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the cluster, as when its machine dies."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+
 @pytest.fixture(scope="session")
-def worker(django_db_setup, fake_telegram, tmp_path_factory) -> Iterator[Path]:
-    """A django-q2 cluster (`manage.py qcluster`) in a subprocess; yields its log file."""
-    log = tmp_path_factory.mktemp("qcluster") / "qcluster.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=_child_env(fake_telegram),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+def shared_cluster(django_db_setup, fake_telegram, tmp_path_factory) -> Iterator[Cluster]:
+    cluster = Cluster(
+        _child_env(fake_telegram), tmp_path_factory.mktemp("qcluster") / "qcluster.log"
+    )
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def worker(shared_cluster) -> Path:
+    """The shared django-q2 cluster, running; its log file."""
+    if not shared_cluster.running:
+        shared_cluster.start()
+    return shared_cluster.log
+
+
+@pytest.fixture
+def cluster_factory(shared_cluster, fake_telegram, tmp_path) -> Iterator[Callable[..., Cluster]]:
+    """Start clusters of the test's own, with settings of its own (the shared one is stopped
+    meanwhile, so that the test's clusters alone take its tasks)."""
+    shared_cluster.stop()
+    made: list[Cluster] = []
+
+    def make(**env: str) -> Cluster:
+        cluster = Cluster(
+            {**_child_env(fake_telegram), **env}, tmp_path / f"qcluster-{len(made)}.log"
         )
-    deadline = time.monotonic() + 30
-    while "running" not in log.read_text().lower():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"qcluster did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    yield log
-    _stop(process)
+        made.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in made:
+        cluster.stop()
 
 
 @pytest.fixture
 def api_key_factory(db) -> Callable[..., tuple[ApiKey, str]]:
-    def make(name: str = "test client", *, is_trusted: bool = False) -> tuple[ApiKey, str]:
-        return create_api_key(name=name, is_trusted=is_trusted)
+    def make(
+        name: str = "test client", *, is_trusted: bool = False, partition: str = ""
+    ) -> tuple[ApiKey, str]:
+        return create_api_key(name=name, is_trusted=is_trusted, partition=partition)
 
     return make
 
@@ -177,7 +238,7 @@ def live_db(transactional_db) -> Iterator[None]:
     )
     OrmQ.objects.all().delete()
     deadline = time.monotonic() + 10
-    while TelegramChat.objects.filter(claimed_until__isnull=False).exists():
+    while TelegramChat.objects.filter(lease_owner__gt="").exists():
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -1,4 +1,6 @@
 import pytest
+from django.apps import apps
+from django.contrib import admin
 from django.urls import reverse
 
 from afhost.models import ApiKey, Run
@@ -69,5 +71,100 @@ def test_the_revoke_action_revokes_selected_keys(admin_client, db):
     assert api_key.revoked_at is not None
 
 
+def test_an_operator_puts_a_key_into_a_named_partition(admin_client, db):
+    # given
+    api_key, _ = create_api_key(name="backend", is_trusted=True)
+
+    # when
+    page = admin_client.post(
+        reverse("admin:afhost_apikey_change", args=[api_key.pk]),
+        {"name": "backend", "is_trusted": "on", "partition": "acme"},
+    )
+
+    # then
+    assert page.status_code == 302
+    api_key.refresh_from_db()
+    assert api_key.partition == "acme"
+    assert api_key.effective_partition == "acme"
+
+
+def test_the_admin_refuses_a_partition_that_is_not_a_slug(admin_client, db):
+    # given
+    api_key, _ = create_api_key(name="backend", is_trusted=True)
+
+    # when
+    page = admin_client.post(
+        reverse("admin:afhost_apikey_change", args=[api_key.pk]),
+        {"name": "backend", "is_trusted": "on", "partition": "acme:user.bob"},
+    )
+
+    # then
+    assert page.status_code == 200
+    assert "partition" in page.context["adminform"].form.errors
+    api_key.refresh_from_db()
+    assert api_key.partition == ""
+
+
+def test_adding_an_api_key_in_a_named_partition(admin_client, db):
+    # when
+    admin_client.post(
+        reverse("admin:afhost_apikey_add"),
+        {"name": "second backend", "is_trusted": "on", "partition": "acme"},
+    )
+
+    # then
+    assert ApiKey.objects.get().partition == "acme"
+
+
+def test_the_key_changelist_filters_and_searches_by_partition(admin_client, db):
+    # given
+    create_api_key(name="alone")
+    create_api_key(name="shared", partition="acme")
+    changelist = reverse("admin:afhost_apikey_changelist")
+
+    # when
+    own = admin_client.get(changelist, {"partition": "(own)"})
+    named = admin_client.get(changelist, {"partition": "acme"})
+    searched = admin_client.get(changelist, {"q": "acme"})
+
+    # then
+    assert [k.name for k in own.context["cl"].result_list] == ["alone"]
+    assert [k.name for k in named.context["cl"].result_list] == ["shared"]
+    assert [k.name for k in searched.context["cl"].result_list] == ["shared"]
+
+
 def test_the_conversation_changelist_renders(admin_client, db):
     assert admin_client.get(reverse("admin:afhost_conversation_changelist")).status_code == 200
+
+
+_CHANGELISTS = [
+    f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist"
+    for model in apps.get_models()
+    if admin.site.is_registered(model)
+]
+
+
+@pytest.mark.parametrize("changelist", _CHANGELISTS)
+def test_a_nul_in_any_changelist_parameter_is_a_bad_request(admin_client, changelist):
+    # given: every parameter the changelist's filters read, its search and its ordering
+    url = reverse(changelist)
+    filters = admin_client.get(url).context["cl"].filter_specs
+    parameters = {"q", "o", "p"} | {name for spec in filters for name in spec.expected_parameters()}
+
+    for name in sorted(parameters):
+        # when
+        page = admin_client.get(url, {name: "a\x00b"})
+
+        # then
+        assert (name, page.status_code) == (name, 400)
+
+
+def test_a_nul_in_an_admin_path_is_a_bad_request(admin_client):
+    # given: a model whose primary key is text
+    url = reverse("admin:django_q_success_change", args=["a\x00b"])
+
+    # when
+    page = admin_client.get(url)
+
+    # then
+    assert page.status_code == 400

@@ -227,7 +227,7 @@ def test_a_stream_the_client_leaves_is_stored_as_cancelled(live_server_url, raw_
 
     # then
     deadline = time.monotonic() + 10
-    while not Run.objects.exists():
+    while not Run.objects.filter(status__in=Run.TERMINAL_STATUSES).exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)
     run = Run.objects.get()

@@ -8,10 +8,10 @@ from agent_framework import Message
 from django.utils import timezone
 
 from afhost import services, tasks
-from afhost.exceptions import InvalidRunState
-from afhost.models import Run, RunEvent
+from afhost.exceptions import ConversationBusy, InvalidRunState
+from afhost.models import Conversation, Run, RunEvent
 from afhost.selectors import conversation_history
-from afhost.types import ChannelIdentity, ChannelRequest
+from afhost.types import ChannelIdentity, ChannelRequest, HostedRunResult
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def request_factory():
 def queued_run(db, request_factory):
     def make(text="hello", **fields):
         with mock.patch("afhost.services.async_task"):
-            return services.start_run(request=request_factory(text, background=True, **fields)).run
+            return services.queue_run(request=request_factory(text, background=True, **fields))
 
     return make
 
@@ -39,7 +39,7 @@ def test_a_background_run_is_enqueued_only_after_commit(
     # when
     with mock.patch("afhost.services.async_task", autospec=True) as async_task:
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
-            run = services.start_run(request=request_factory(background=True)).run
+            run = services.queue_run(request=request_factory(background=True))
         async_task.assert_not_called()
         for callback in callbacks:
             callback()
@@ -104,33 +104,47 @@ def test_the_task_leaves_a_run_that_is_no_longer_queued_alone(queued_run, status
     assert run.output_messages == []
 
 
-def test_a_redelivered_in_progress_run_is_reported_as_interrupted(queued_run, settings):
-    # given: a worker claimed the run, then died; the queue redelivers its task after the timeout
+def test_a_run_whose_process_died_is_failed_by_the_sweeper(queued_run):
+    # given: a worker started the streamed run, then died: its lease ran out
     run = queued_run(stream=True)
-    run.claim()
-    started = timezone.now() - timedelta(seconds=settings.AFHOST_RUN_TIMEOUT + 60)
-    Run.objects.filter(pk=run.pk).update(started_at=started)
+    services.begin_background_run(run_id=run.pk)
+    Run.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
     # when
-    tasks.execute_run(run.pk)
+    counts = services.sweep_runs()
 
     # then
+    assert counts == (0, 1)
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
     assert run.error == {
         "code": "server_error",
         "message": "The run was interrupted before it finished.",
     }
+    assert (run.lease_owner, run.lease_expires_at) == ("", None)
     assert (
         RunEvent.objects.filter(run=run).order_by("sequence_number").last().data["type"]
         == "response.failed"
     )
 
 
+def test_the_sweeper_leaves_a_run_whose_process_renews_its_lease_alone(queued_run):
+    # given
+    run = queued_run()
+    services.begin_background_run(run_id=run.pk)
+
+    # when
+    counts = services.sweep_runs()
+
+    # then
+    assert counts == (0, 0)
+    assert Run.objects.get(pk=run.pk).status == Run.Status.IN_PROGRESS
+
+
 def test_a_second_task_for_a_run_another_worker_is_running_leaves_it_alone(queued_run):
     # given: the sweeper re-enqueued a run whose first task then started it
     run = queued_run(stream=True)
-    run.claim()
+    services.begin_background_run(run_id=run.pk)
     events = RunEvent.objects.filter(run=run).count()
 
     # when
@@ -197,18 +211,16 @@ def test_history_follows_the_chain_of_previous_runs(queued_run, request_factory)
 
 
 def test_the_sweeper_requeues_runs_the_queue_lost_and_fails_abandoned_ones(
-    queued_run, settings, django_capture_on_commit_callbacks
+    queued_run, django_capture_on_commit_callbacks
 ):
     # given
     now = timezone.now()
     lost = queued_run("lost in the queue")
     fresh = queued_run("just queued")
     abandoned = queued_run("worker died")
-    abandoned.claim()
+    services.begin_background_run(run_id=abandoned.pk)
     Run.objects.filter(pk=lost.pk).update(enqueued_at=now - timedelta(minutes=3))
-    Run.objects.filter(pk=abandoned.pk).update(
-        started_at=now - timedelta(seconds=settings.AFHOST_RUN_TIMEOUT) - timedelta(minutes=3)
-    )
+    Run.objects.filter(pk=abandoned.pk).update(lease_expires_at=now - timedelta(seconds=1))
 
     # when
     with (
@@ -224,3 +236,70 @@ def test_the_sweeper_requeues_runs_the_queue_lost_and_fails_abandoned_ones(
     assert lost.enqueued_at > now - timedelta(seconds=5)
     assert Run.objects.get(pk=fresh.pk).status == Run.Status.QUEUED
     assert Run.objects.get(pk=abandoned.pk).status == Run.Status.FAILED
+
+
+def test_a_second_turn_in_a_conversation_is_refused_while_the_first_runs(request_factory, db):
+    # given: a turn holds the conversation
+    services.start_run(request=request_factory("one", conversation_key="c1"))
+
+    # when / then
+    with pytest.raises(ConversationBusy):
+        services.start_run(request=request_factory("two", conversation_key="c1"))
+    with pytest.raises(ConversationBusy):
+        services.prepare_run(request=request_factory("two", conversation_key="c1"))
+    assert Run.objects.count() == 1
+
+
+def test_the_next_turn_in_a_conversation_sees_every_turn_before_it(request_factory, db):
+    # given
+    first = services.start_run(request=request_factory("one", conversation_key="c1"))
+    services.finish_run(
+        started=first,
+        result=HostedRunResult(status="completed", messages=[Message("assistant", ["1"])]),
+        output_items=[],
+    )
+
+    # when
+    second = services.start_run(request=request_factory("two", conversation_key="c1"))
+
+    # then
+    assert [m.text for m in second.messages] == ["one", "1", "two"]
+    assert second.run.previous_run == first.run
+    assert Conversation.objects.get().head_run == first.run
+
+
+def test_a_queued_run_in_a_conversation_starts_only_once_the_turn_before_it_ends(
+    queued_run, request_factory
+):
+    # given: a background run queued while a foreground turn holds the conversation
+    foreground = services.start_run(request=request_factory("one", conversation_key="c1"))
+    background = queued_run("two", conversation_key="c1")
+
+    # when / then: its worker must wait
+    with pytest.raises(ConversationBusy):
+        services.begin_background_run(run_id=background.pk)
+    assert Run.objects.get(pk=background.pk).status == Run.Status.QUEUED
+
+    # when: the turn before it ends
+    services.finish_run(
+        started=foreground,
+        result=HostedRunResult(status="completed", messages=[Message("assistant", ["1"])]),
+        output_items=[],
+    )
+    started = services.begin_background_run(run_id=background.pk)
+
+    # then: it continues from that turn
+    assert started.run.previous_run == foreground.run
+    assert [m.text for m in started.messages] == ["one", "1", "two"]
+
+
+def test_a_conversation_whose_turn_died_is_free_once_its_lease_runs_out(request_factory, db):
+    # given: the process running a turn died
+    services.start_run(request=request_factory("one", conversation_key="c1"))
+    Conversation.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    # when
+    second = services.start_run(request=request_factory("two", conversation_key="c1"))
+
+    # then: the lost turn is not part of the conversation
+    assert [m.text for m in second.messages] == ["two"]

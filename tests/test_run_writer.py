@@ -1,7 +1,8 @@
-"""Finished foreground runs are stored from one thread, many per statement."""
+"""Foreground runs are stored from one thread: inserted as they start, finished many per batch."""
 
 import asyncio
 import threading
+import time
 from unittest import mock
 
 import pytest
@@ -14,6 +15,9 @@ from afhost.writer import RunWriter
 
 DONE = HostedRunResult(status="completed", messages=[Message("assistant", ["done"])])
 
+# The writer commits from its own thread and connection, so these tests commit too.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 def _prepared(text="hi", **fields):
     request = ChannelRequest(
@@ -22,62 +26,97 @@ def _prepared(text="hi", **fields):
         input=[Message("user", [text])],
         **fields,
     )
-    return services.prepare_run(request=request).run
+    return services.prepare_run(request=request)
 
 
-@pytest.mark.django_db(transaction=True)  # the writer commits from its own thread and connection
-def test_concurrent_runs_are_inserted_together_with_their_outcome():
-    # given
+def _wait_for(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_runs_that_end_while_a_batch_is_written_are_inserted_together_finished():
+    # given: the first batch is held until every run has ended
     writer = RunWriter()
-    runs = [_prepared(f"run {i}") for i in range(20)]
+    started = [_prepared(f"run {i}") for i in range(20)]
+    gate = threading.Event()
+    real_store = services.store_runs
 
-    async def store_all():
-        await asyncio.gather(*(writer.store(run, DONE, [{"type": "message"}]) for run in runs))
+    def store(**kwargs):
+        gate.wait(timeout=5)
+        real_store(**kwargs)
+
+    async def finish_all():
+        finishing = [
+            asyncio.ensure_future(writer.finish(entry, DONE, [{"type": "message"}]))
+            for entry in started
+        ]
+        await asyncio.sleep(0)  # every finish is queued
+        gate.set()
+        await asyncio.gather(*finishing)
 
     # when
-    with mock.patch(
-        "afhost.services.store_finished_runs", wraps=services.store_finished_runs
-    ) as store:
-        asyncio.run(store_all())
+    with mock.patch("afhost.services.store_runs", side_effect=store) as store_runs:
+        asyncio.run(finish_all())
 
-    # then
+    # then: at most one batch for the first, one for all the others
+    assert store_runs.call_count in (1, 2)
     assert Run.objects.filter(status="completed").count() == 20
-    assert all(run.pk is not None for run in runs)
-    assert store.call_count < 20
-    assert Run.objects.get(pk=runs[0].pk).output_items == [{"type": "message"}]
+    assert Run.objects.get(pk=started[0].run.pk).output_items == [{"type": "message"}]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_stored_run_moves_its_conversation_on():
+def test_a_run_is_visible_in_progress_while_its_model_works():
     # given
     writer = RunWriter()
-    run = _prepared(conversation_key="conv_1")
+    entry = _prepared()
 
     # when
-    asyncio.run(writer.store(run, DONE, []))
+    writer.start(entry)
 
     # then
-    assert Conversation.objects.get(key="conv_1").head_run_id == run.pk
+    _wait_for(lambda: Run.objects.filter(public_id=entry.run.public_id).exists())
+    row = Run.objects.get(public_id=entry.run.public_id)
+    assert row.status == "in_progress"
+    assert row.lease_expires_at is not None
+
+    # when
+    asyncio.run(writer.finish(entry, DONE, []))
+
+    # then
+    row.refresh_from_db()
+    assert row.status == "completed"
+    assert (row.lease_owner, row.lease_expires_at) == ("", None)
 
 
-@pytest.mark.django_db(transaction=True)
+def test_a_stored_run_moves_its_conversation_on_and_frees_it():
+    # given
+    writer = RunWriter()
+    entry = _prepared(conversation_key="conv_1")
+
+    # when
+    asyncio.run(writer.finish(entry, DONE, []))
+
+    # then
+    conversation = Conversation.objects.get(key="conv_1")
+    assert conversation.head_run_id == entry.run.pk
+    assert (conversation.lease_owner, conversation.lease_expires_at) == ("", None)
+
+
 def test_a_failed_write_fails_the_waiting_requests():
     # given
     writer = RunWriter()
-    run = _prepared()
+    entry = _prepared()
 
     # when
-    with mock.patch(
-        "afhost.services.store_finished_runs", side_effect=RuntimeError("database down")
-    ):
+    with mock.patch("afhost.services.store_runs", side_effect=RuntimeError("database down")):
         with pytest.raises(RuntimeError, match="database down"):
-            asyncio.run(writer.store(run, DONE, []))
+            asyncio.run(writer.finish(entry, DONE, []))
 
     # then
     assert Run.objects.exists() is False
 
 
-@pytest.mark.django_db(transaction=True)
 def test_a_writer_with_nothing_left_to_write_gives_its_connection_back():
     # given
     writer = RunWriter()
@@ -91,13 +130,10 @@ def test_a_writer_with_nothing_left_to_write_gives_its_connection_back():
 
     # when
     with (
-        mock.patch(
-            "afhost.services.store_finished_runs",
-            side_effect=lambda **kwargs: log.append("write"),
-        ),
+        mock.patch("afhost.services.store_runs", side_effect=lambda **kwargs: log.append("write")),
         mock.patch("afhost.writer.connections.close_all", side_effect=close_all),
     ):
-        asyncio.run(writer.store(_prepared(), DONE, []))
+        asyncio.run(writer.finish(_prepared(), DONE, []))
         closed = closed_after_write.wait(timeout=5)
 
     # then
@@ -105,28 +141,27 @@ def test_a_writer_with_nothing_left_to_write_gives_its_connection_back():
     assert log[-2:] == ["write", "close"]
 
 
-@pytest.mark.django_db(transaction=True)
 def test_a_run_that_cannot_be_stored_fails_alone_not_the_runs_written_with_it():
     # given: one run the database refuses, among runs that finished at the same time
     writer = RunWriter()
     good = [_prepared(f"good {i}") for i in range(5)]
     bad = _prepared("bad")
-    real_store = services.store_finished_runs
+    real_store = services.store_runs
 
-    def store(*, finished):
-        if any(run is bad for run, _, _ in finished):
+    def store(*, started, finished):
+        if any(entry is bad for entry, _, _ in finished):
             raise RuntimeError("value too long")
-        real_store(finished=finished)
+        real_store(started=started, finished=finished)
 
-    async def store_all():
+    async def finish_all():
         return await asyncio.gather(
-            *(writer.store(run, DONE, []) for run in [*good[:2], bad, *good[2:]]),
+            *(writer.finish(entry, DONE, []) for entry in [*good[:2], bad, *good[2:]]),
             return_exceptions=True,
         )
 
     # when
-    with mock.patch("afhost.services.store_finished_runs", side_effect=store):
-        outcomes = asyncio.run(store_all())
+    with mock.patch("afhost.services.store_runs", side_effect=store):
+        outcomes = asyncio.run(finish_all())
 
     # then
     assert [type(outcome).__name__ for outcome in outcomes] == [
@@ -137,5 +172,5 @@ def test_a_run_that_cannot_be_stored_fails_alone_not_the_runs_written_with_it():
         "NoneType",
         "NoneType",
     ]
-    assert set(Run.objects.values_list("pk", flat=True)) == {run.pk for run in good}
-    assert bad.pk is None
+    assert set(Run.objects.values_list("pk", flat=True)) == {entry.run.pk for entry in good}
+    assert bad.run.pk is None

@@ -364,7 +364,9 @@ def test_a_retry_sends_only_the_parts_not_yet_delivered(
     assert len(telegram_api.sent_texts(PRIVATE)) == 2
     telegram_api.reset()
     update = TelegramUpdate.objects.get()
-    TelegramUpdate.objects.update(sent_parts=1, status="pending", next_attempt_at=update.created_at)
+    TelegramUpdate.objects.update(
+        sent_parts=1, status="pending", attempts=1, next_attempt_at=update.created_at
+    )
 
     # when
     telegram_inbox.sweep()

@@ -31,8 +31,7 @@ from openai.types.responses.response_output_item import ResponseOutputItem
 from pydantic import BaseModel, TypeAdapter
 
 from afhost.models import Run
-from afhost.services import new_item_id
-from afhost.types import HostedRunResult
+from afhost.types import HostedRunResult, new_item_id
 from channels_app.responses.schemas import response_id
 
 _TERMINAL_EVENTS = {

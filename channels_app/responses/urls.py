@@ -3,8 +3,8 @@ from django.urls import path
 from channels_app.responses import views
 
 # OpenAI's paths carry no trailing slash; clients call them exactly as written here.
-# POST /responses (create) is answered before Django: see channels_app/responses/endpoint.py.
 urlpatterns = [
+    path("responses", views.response_create, name="response_create"),
     path("responses/<str:response_id>", views.response_detail, name="response_detail"),
     path("responses/<str:response_id>/cancel", views.response_cancel, name="response_cancel"),
     path(

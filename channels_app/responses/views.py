@@ -1,5 +1,5 @@
-"""The OpenAI Responses API, after creation: retrieve (and resume a stream), cancel, delete, input
-items. Creating a response is endpoint.py's."""
+"""The OpenAI Responses API: create (blocking, streamed, background), retrieve (and resume a
+stream), cancel, delete, input items."""
 
 from __future__ import annotations
 
@@ -9,12 +9,20 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from afhost import execution, selectors, services
-from afhost.exceptions import InvalidRunState, RunNotFound
+from afhost.exceptions import ConversationBusy, InvalidRunState, RunNotFound
 from afhost.models import Run
+from afhost.types import ChannelRequest
+from channels_app import turns
 from channels_app.auth import ApiCaller, authenticate
 from channels_app.exceptions import ApiError, api_endpoint, not_found
+from channels_app.responses.channel import ResponsesChannel
 from channels_app.responses.rendering import input_items, response_object, sse_stream
-from channels_app.responses.schemas import parse_response_id
+from channels_app.responses.schemas import (
+    CreateResponse,
+    parse_body,
+    parse_create,
+    parse_response_id,
+)
 
 _CANCEL_REFUSALS = {
     "synchronous": "Cannot cancel a synchronous response.",
@@ -29,6 +37,75 @@ def _event_stream(batches: AsyncIterator[list[dict]]) -> StreamingHttpResponse:
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelRequest:
+    conversation_key = params.conversation
+    if conversation_key is None and params.previous_response_id is None and caller.chat_key:
+        conversation_key = f"chat:{caller.chat_key}"
+    previous_run_id = None
+    if params.previous_response_id is not None:
+        previous_run_id = parse_response_id(params.previous_response_id)
+        if previous_run_id is None:
+            raise not_found(
+                "Previous response", params.previous_response_id, param="previous_response_id"
+            )
+    attributes = {
+        "previous_response_id": params.previous_response_id,
+        "conversation": params.conversation,
+        "user": params.user,
+        "safety_identifier": params.safety_identifier,
+        "call_id": caller.call_id,
+        "api_key": str(caller.api_key.public_id),
+    }
+    return ChannelRequest(
+        channel=ResponsesChannel.name,
+        identity=caller.identity,
+        input=params.input,
+        stream=params.stream,
+        background=params.background,
+        store=params.store,
+        model=params.model,
+        instructions=params.instructions,
+        options=params.options,
+        metadata=params.metadata,
+        attributes={key: value for key, value in attributes.items() if value is not None},
+        previous_run_id=previous_run_id,
+        conversation_key=conversation_key,
+    )
+
+
+@api_endpoint("POST")
+async def response_create(request: HttpRequest) -> HttpResponse:
+    """Create a response: blocking (JSON), streamed (SSE), or queued for a worker (background)."""
+    caller = await authenticate(request.headers)
+    params = parse_create(parse_body(request.body))
+    try:
+        turn = await turns.start_turn(_channel_request(params, caller))
+    except RunNotFound:
+        raise not_found(
+            "Previous response", params.previous_response_id, param="previous_response_id"
+        ) from None
+    except InvalidRunState:
+        raise ApiError(
+            400,
+            f"Previous response with id '{params.previous_response_id}' is still in progress.",
+            param="previous_response_id",
+            code="previous_response_in_progress",
+        ) from None
+    except ConversationBusy:
+        raise ApiError(
+            400,
+            "Another process is currently operating on this conversation. "
+            "Please retry in a few seconds.",
+            param="conversation",
+            code="conversation_locked",
+        ) from None
+    if params.stream:
+        return _event_stream(turn.stream())
+    if params.background:
+        return JsonResponse(response_object(turn.run))
+    return JsonResponse(response_object(await turn.run_blocking()))
 
 
 async def _visible_run(caller: ApiCaller, response_id: str) -> Run:

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.db import models
 from django.utils import timezone
 
-from afhost.models import TimestampedModel
+from afhost.models import LeasedModel, TimestampedModel
 
 
-class TelegramChatQuerySet(models.QuerySet["TelegramChat"]):
-    def claim(self, pk: int, *, until: datetime) -> bool:
-        """Take the chat's processing lease unless a live one exists (one worker per chat)."""
-        now = timezone.now()
-        free = models.Q(claimed_until__isnull=True) | models.Q(claimed_until__lt=now)
-        return bool(self.filter(free, pk=pk).update(claimed_until=until, updated_at=now))
+class TelegramChat(TimestampedModel, LeasedModel):
+    """A chat the bot is in. Its lease is held by the one worker answering it, in order."""
 
-    def release(self, pk: int) -> None:
-        self.filter(pk=pk).update(claimed_until=None, updated_at=timezone.now())
-
-
-class TelegramChat(TimestampedModel):
     chat_id = models.BigIntegerField(unique=True)
     kind = models.CharField(max_length=16, help_text="private, group, supergroup or channel")
     title = models.CharField(max_length=300, blank=True)
     is_forum = models.BooleanField(default=False)
-    # The processing lease: while set and in the future, one worker is answering this chat.
-    claimed_until = models.DateTimeField(null=True, blank=True)
     # Set when Telegram refuses to deliver here (the bot was blocked or removed).
     blocked_at = models.DateTimeField(null=True, blank=True)
     blocked_reason = models.CharField(max_length=300, blank=True)
-
-    objects = TelegramChatQuerySet.as_manager()
 
     def __str__(self) -> str:
         return self.title or f"{self.kind} chat {self.chat_id}"
@@ -134,3 +121,25 @@ class TelegramUpdate(TimestampedModel):
             setattr(self, name, value)
 
     record_failure.alters_data = True
+
+    def record_interruption(self) -> bool:
+        """Count an attempt whose worker died mid-turn (its answer is then run again at once).
+
+        False if that used up the attempts: the update is failed.
+        """
+        attempts = self.attempts + 1
+        now = timezone.now()
+        fields = {
+            "attempts": attempts,
+            "last_error": "interrupted: the worker answering it stopped",
+            "status": self.Status.FAILED if attempts >= self.MAX_ATTEMPTS else self.Status.PENDING,
+            "updated_at": now,
+        }
+        if fields["status"] == self.Status.FAILED:
+            fields["processed_at"] = now
+        TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return self.status == self.Status.PENDING
+
+    record_interruption.alters_data = True

@@ -7,13 +7,12 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import certifi
 from agent_framework import Content, Message
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -25,14 +24,15 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from telegram.request import HTTPXRequest
 
 from afhost import execution, services
+from afhost.db import db_call
+from afhost.leases import give_back, take_lease
 from afhost.models import Run
-from afhost.selectors import conversation_history
 from afhost.types import ChannelIdentity, ChannelRequest, HostedRunResult
+from channels_app import turns
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
 from channels_app.telegram.rendering import OutgoingText, render_reply
-from channels_app.telegram.services import next_update
+from channels_app.telegram.selectors import head_is_due, next_update
 from linking.models import Identity
-from linking.services import touch_identity
 
 logger = logging.getLogger(__name__)
 
@@ -151,28 +151,21 @@ def conversation_of(message: TgMessage, *, user_key: str) -> tuple[str, str]:
     return user_key, locator
 
 
-def _record_author(chat: TelegramChat, message: TgMessage) -> Identity:
-    user = message.from_user
-    identity = touch_identity(
-        identity=ChannelIdentity(channel=CHANNEL, native_id=str(user.id)),
-        display_name=user.full_name,
-        username=user.username or "",
-    )
-    member, _ = TelegramChatMember.objects.get_or_create(chat=chat, identity=identity)
-    TelegramChatMember.objects.filter(pk=member.pk).update(
-        message_count=F("message_count") + 1, last_message_at=timezone.now()
-    )
-    if chat.blocked_at:
-        TelegramChat.objects.filter(pk=chat.pk).update(blocked_at=None, blocked_reason="")
-    return identity
+def _author(message: TgMessage) -> ChannelIdentity:
+    return ChannelIdentity(channel=CHANNEL, native_id=str(message.from_user.id))
 
 
 @transaction.atomic
-def _start_update_run(*, update: TelegramUpdate, request: ChannelRequest) -> services.StartedRun:
-    started = services.start_run(request=request)
-    TelegramUpdate.objects.filter(pk=update.pk).update(run=started.run)
-    update.run = started.run
-    return started
+def _record_member(chat: TelegramChat, identity: Identity) -> None:
+    member, _ = TelegramChatMember.objects.get_or_create(chat=chat, identity=identity)
+    now = timezone.now()
+    TelegramChatMember.objects.filter(pk=member.pk).update(
+        message_count=F("message_count") + 1, last_message_at=now, updated_at=now
+    )
+    if chat.blocked_at:
+        TelegramChat.objects.filter(pk=chat.pk).update(
+            blocked_at=None, blocked_reason="", updated_at=now
+        )
 
 
 def _reply_text(run: Run) -> str:
@@ -231,16 +224,28 @@ async def _media(bot: Bot, message: TgMessage) -> tuple[list[Content], str]:
     return [Content.from_data(bytes(data), media_type)], ""
 
 
+class TurnInterrupted(Exception):
+    """An earlier attempt's run is still held (its worker's lease has not run out yet)."""
+
+
+def _link_run(update: TelegramUpdate) -> Callable[[Run], None]:
+    def link(run: Run) -> None:
+        TelegramUpdate.objects.filter(pk=update.pk).update(run=run, updated_at=timezone.now())
+        update.run = run
+
+    return link
+
+
 async def _answer_with_agent(
     bot: Bot, update: TelegramUpdate, message: TgMessage, turn: AgentTurn, target: ReplyTarget
 ) -> str | None:
-    run = await sync_to_async(lambda: update.run)()
+    run = await db_call(lambda: update.run)()
     if run is None:
         media, note = await _media(bot, message)
         text = " ".join(part for part in (turn.text, note) if part)
         if not text and not media:
             return None
-        identity = ChannelIdentity(channel=CHANNEL, native_id=str(message.from_user.id))
+        identity = _author(message)
         partition, key = conversation_of(message, user_key=identity.isolation_key)
         request = ChannelRequest(
             channel=CHANNEL,
@@ -254,12 +259,15 @@ async def _answer_with_agent(
                 "update_id": update.update_id,
             },
         )
-        started = await sync_to_async(_start_update_run)(update=update, request=request)
+        started = await turns.start_stored_turn(request, link=_link_run(update))
     elif run.is_terminal:
         return _reply_text(run)
-    else:  # an earlier attempt died mid-run: run it again
-        history = await sync_to_async(conversation_history)(run=run)
-        started = services.StartedRun(run=run, messages=history)
+    else:  # an earlier attempt's worker died mid-run: run it again, counting that attempt
+        if not await db_call(update.record_interruption)():
+            return FAILED_ANSWER
+        started = await execution.wait_for_turn(lambda: services.resume_run(run=run))
+        if started is None:
+            raise TurnInterrupted(f"run {run.public_id} is still held by another worker")
     async with _typing(bot, target):
         run = await execution.run_blocking(started)
     return _reply_text(run)
@@ -273,7 +281,7 @@ async def _command_reply(command: Command, message: TgMessage, identity: Identit
         return HELP
     if command.name == "new":
         partition, key = conversation_of(message, user_key=identity.isolation_key)
-        await sync_to_async(services.reset_conversation)(
+        await db_call(services.reset_conversation)(
             channel=CHANNEL, isolation_key=partition, key=key
         )
         return "Started a new conversation. What shall we talk about?"
@@ -336,7 +344,9 @@ async def _send_reply(bot: Bot, update: TelegramUpdate, target: ReplyTarget, tex
             continue
         await _send_part(bot, target, part, first=index == 0)
         update.sent_parts = index + 1
-        await TelegramUpdate.objects.filter(pk=update.pk).aupdate(sent_parts=update.sent_parts)
+        await db_call(
+            TelegramUpdate.objects.filter(pk=update.pk).update
+        )(sent_parts=update.sent_parts, updated_at=timezone.now())
 
 
 async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) -> tuple[str, str]:
@@ -357,7 +367,12 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
     plan = plan_message(message, bot_username=bot.username, bot_id=bot.id)
     if plan is None:
         return TelegramUpdate.Status.IGNORED, "not addressed to the bot"
-    identity = await sync_to_async(_record_author)(chat, message)
+    user = message.from_user
+    identity = await db_call(turns.admit)(
+        _author(message),
+        profile=turns.Profile(display_name=user.full_name, username=user.username or ""),
+    )
+    await db_call(_record_member)(chat, identity)
     thread_id = message.message_thread_id if message.is_topic_message else None
     target = ReplyTarget(
         message.chat.id, thread_id, None if message.chat.type == "private" else message.message_id
@@ -371,29 +386,56 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
     try:
         await _send_reply(bot, update, target, text)
     except BotBlocked as exc:
-        await sync_to_async(chat.mark_blocked)(exc.args[0])
+        await db_call(chat.mark_blocked)(exc.args[0])
         if message.chat.type == "private":
-            await sync_to_async(identity.mark_unreachable)(exc.args[0])
+            await db_call(identity.mark_unreachable)(exc.args[0])
         return TelegramUpdate.Status.FAILED, f"Telegram refused delivery: {exc.args[0]}"
     except PermanentSendError as exc:
         return TelegramUpdate.Status.FAILED, f"Telegram rejected the reply: {exc.args[0]}"
     return TelegramUpdate.Status.PROCESSED, ""
 
 
+async def answer_chat(chat_pk: int) -> None:
+    """A worker's job for a chat: answer its pending updates in order, unless another worker
+    holds the chat (that one answers them).
+
+    After giving the chat back, look once more: an update that arrived while we held it had its
+    job turned away, so it is ours to answer.
+    """
+    # Every update queues its chat; the first job answers them all, so most find nothing due.
+    while await db_call(head_is_due)(chat_pk=chat_pk):
+        lease = await db_call(take_lease)(TelegramChat, chat_pk)
+        if not lease:
+            return
+        try:
+            chat = await db_call(TelegramChat.objects.get)(pk=chat_pk)
+            await drain_chat(chat)
+        finally:
+            await db_call(give_back)(TelegramChat, chat_pk, lease)
+
+
 async def drain_chat(chat: TelegramChat) -> None:
-    """Answer the chat's pending updates oldest first; stop at one that must wait for a retry."""
-    async with make_bot() as bot:
-        while (update := await sync_to_async(next_update)(chat=chat)) is not None:
+    """Answer the chat's pending updates oldest first; stop at one that must wait for a retry.
+
+    A failed attempt (Telegram unreachable, even for the bot's own getMe) counts against the
+    update it was for.
+    """
+    bot = make_bot()
+    try:
+        while (update := await db_call(next_update)(chat=chat)) is not None:
             if update.next_attempt_at > timezone.now():
                 return
             try:
+                await bot.initialize()  # once per drain: getMe
                 status, note = await handle_update(bot, chat, update)
             except Exception as exc:
                 logger.exception(
                     "telegram update %s failed (attempt %d)", update.update_id, update.attempts + 1
                 )
-                await sync_to_async(update.record_failure)(f"{type(exc).__name__}: {exc}")
+                await db_call(update.record_failure)(f"{type(exc).__name__}: {exc}")
                 return
-            await sync_to_async(update.finish)(status=status, error=note)
+            await db_call(update.finish)(status=status, error=note)
             if note:
                 logger.info("telegram update %s %s: %s", update.update_id, status, note)
+    finally:
+        await bot.shutdown()

@@ -1,13 +1,15 @@
-"""Telegram inbox use cases: receive an update, process a chat's updates in order, re-process."""
+"""Telegram inbox use cases: receive an update, re-process, sweep up unanswered chats.
+
+Answering a chat's updates is processing.py's."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -29,9 +31,34 @@ class InvalidUpdate(ValueError):
     pass
 
 
-def _lease() -> timedelta:
-    # A worker holds a chat no longer than a task may run; a dead worker's lease simply expires.
-    return timedelta(seconds=settings.AFHOST_RUN_TIMEOUT + 60)
+# Columns holding Telegram's ids are bigint; its ids fit (at most 52 significant bits).
+_BIGINT = range(-(2**63), 2**63)
+# Telegram's updates nest about a dozen levels; far deeper ones would exhaust the recursion limit
+# of the JSON encoder that stores them, or of python-telegram-bot's parser that reads them.
+MAX_UPDATE_DEPTH = 64
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _unstorable(payload: dict[str, Any]) -> str | None:
+    """Why the database cannot store an update, or None: PostgreSQL's JSON has no NaN or
+    Infinity (Python's json accepts them, and reads 1e400 as Infinity), and deep nesting."""
+    if not storable(payload):
+        return "a NUL character or an unpaired surrogate"
+    pending: list[tuple[Any, int]] = [(payload, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_UPDATE_DEPTH:
+            return f"nested deeper than {MAX_UPDATE_DEPTH} levels"
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            return "NaN or Infinity, numbers JSON does not have"
+    return None
 
 
 def _chat_of(payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -58,13 +85,17 @@ def enqueue_chat(*, chat: TelegramChat) -> None:
 def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
     """Store an update in the inbox and queue its chat; None for a duplicate update_id."""
     update_id = payload.get("update_id")
-    if not isinstance(update_id, int) or isinstance(update_id, bool):
+    if not _is_integer(update_id):
         raise InvalidUpdate("an update needs an integer update_id")
-    if not storable(payload):
-        raise InvalidUpdate("an update with a NUL character or an unpaired surrogate")
+    if update_id not in _BIGINT:
+        raise InvalidUpdate("update_id is outside the 64-bit range")
+    if problem := _unstorable(payload):
+        raise InvalidUpdate(f"an update with {problem}")
     chat_data = _chat_of(payload)
     chat = None
-    if isinstance(chat_data, dict) and isinstance(chat_data.get("id"), int):
+    if isinstance(chat_data, dict) and _is_integer(chat_data.get("id")):
+        if chat_data["id"] not in _BIGINT:
+            raise InvalidUpdate("chat id is outside the 64-bit range")
         chat, _ = TelegramChat.objects.update_or_create(
             chat_id=chat_data["id"],
             defaults={
@@ -92,42 +123,6 @@ def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
     return update
 
 
-def next_update(*, chat: TelegramChat) -> TelegramUpdate | None:
-    """The chat's oldest pending update, which must be answered before any later one."""
-    return chat.updates.filter(status=TelegramUpdate.Status.PENDING).order_by("update_id").first()
-
-
-def _head_is_due(chat_pk: int) -> bool:
-    head = (
-        TelegramUpdate.objects.filter(chat_id=chat_pk, status=TelegramUpdate.Status.PENDING)
-        .order_by("update_id")
-        .only("next_attempt_at")
-        .first()
-    )
-    return head is not None and head.next_attempt_at <= timezone.now()
-
-
-def process_chat(*, chat_pk: int) -> None:
-    """Answer a chat's pending updates in order, unless another worker holds the chat.
-
-    After releasing the chat, look once more: an update that arrived while we held it had its
-    task turned away, so it is ours to answer.
-    """
-    from channels_app.telegram.processing import drain_chat
-
-    # Every update queues its chat; the first task answers them all, so most find nothing due.
-    if not _head_is_due(chat_pk):
-        return
-    while TelegramChat.objects.claim(chat_pk, until=timezone.now() + _lease()):
-        try:
-            chat = TelegramChat.objects.get(pk=chat_pk)
-            async_to_sync(drain_chat)(chat)
-        finally:
-            TelegramChat.objects.release(chat_pk)
-        if not _head_is_due(chat_pk):
-            return
-
-
 def reprocess_updates(*, updates: Iterable[TelegramUpdate]) -> int:
     """Queue failed or pending updates again (admin action); processed ones are left alone."""
     count = 0
@@ -147,11 +142,19 @@ def reprocess_updates(*, updates: Iterable[TelegramUpdate]) -> int:
 
 
 def sweep_updates(*, now: datetime | None = None) -> int:
-    """Queue chats whose pending updates are due and that no live worker holds; returns how many."""
+    """Queue chats with due pending updates that nobody is answering; returns how many.
+
+    Those are chats whose worker died (their lease ran out), chats with a retry due, and chats
+    whose first attempt has waited longer than a lease (their queue task went missing); fresher
+    ones still have their task in the queue. Safe in many processes at once.
+    """
     now = now or timezone.now()
-    free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+    stale = now - timedelta(seconds=settings.AFHOST_LEASE_SECONDS)
+    unanswered = Q(lease_expires_at__isnull=True) & (
+        Q(updates__attempts__gt=0) | Q(updates__next_attempt_at__lt=stale)
+    )
     chats = TelegramChat.objects.filter(
-        free,
+        Q(lease_expires_at__lt=now) | unanswered,
         updates__status=TelegramUpdate.Status.PENDING,
         updates__next_attempt_at__lte=now,
     ).distinct()

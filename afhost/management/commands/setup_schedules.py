@@ -2,22 +2,11 @@ from django.core.management.base import BaseCommand
 from django_q.models import Schedule
 
 # Every periodic task, declared once. Run on every deploy; running it again changes nothing.
-SCHEDULES = [
-    {
-        "name": "afhost.sweep_runs",
-        "func": "afhost.tasks.sweep_runs",
-        # every minute: recover background runs whose queue task went missing
-        "schedule_type": Schedule.MINUTES,
-        "minutes": 1,
-    },
-    {
-        "name": "channels_app.sweep_telegram_updates",
-        "func": "channels_app.tasks.sweep_telegram_updates",
-        # every minute: retry Telegram updates whose earlier attempt failed or whose worker died
-        "schedule_type": Schedule.MINUTES,
-        "minutes": 1,
-    },
-]
+# Recovering lost work needs no schedule: each worker's engine runs the sweepers every third
+# of a lease (afhost/engine.py), far more often than a schedule can.
+SCHEDULES: list[dict] = []
+# Schedules earlier versions declared; removed, since their tasks no longer exist.
+RETIRED = ["afhost.sweep_runs", "channels_app.sweep_telegram_updates"]
 
 
 class Command(BaseCommand):
@@ -28,3 +17,6 @@ class Command(BaseCommand):
             fields = {key: value for key, value in spec.items() if key != "name"}
             _, created = Schedule.objects.update_or_create(name=spec["name"], defaults=fields)
             self.stdout.write(f"{'Created' if created else 'Updated'} schedule {spec['name']}")
+        removed, _ = Schedule.objects.filter(name__in=RETIRED).delete()
+        if removed:
+            self.stdout.write(f"Removed {removed} retired schedule(s)")

@@ -1,0 +1,147 @@
+"""The worker engine: many turns at once in each worker process.
+
+django-q2 hands a worker process one task at a time and waits for it to return. A turn is
+mostly waiting on a remote model, so a task here only admits its job into the process's engine,
+an asyncio event loop in a thread of its own, and returns: up to AFHOST_WORKER_CONCURRENCY jobs
+run there at once, each awaiting its model while the others go on. When the engine is full, the
+task waits for a free slot, so a busy worker stops taking tasks and an idle one gets them.
+
+The rows stay the truth and django-q2 only carries their ids: a job leases its row before
+working on it (afhost.leases), so the jobs a dead process held are free again within
+AFHOST_LEASE_SECONDS, and the sweepers, which the engine runs every third of that, hand them
+out again. Database work is short hops on one thread per process; a waiting job holds no
+thread and no connection.
+
+A worker that stops (django-q2's STOP, or a recycle) returns from its loop; the engine then
+finishes the jobs it holds, up to AFHOST_RUN_TIMEOUT, before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+
+from afhost.db import db_call
+from afhost.registry import sweepers
+
+logger = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[None]]
+
+
+class Engine:
+    def __init__(self, *, concurrency: int, sweepers: Sequence[Callable[[], object]]) -> None:
+        self.sweepers = list(sweepers)
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._loop = asyncio.new_event_loop()
+        self._running: set[asyncio.Task] = set()
+        self._idle = threading.Event()
+        self._idle.set()
+        # Not a daemon: a worker process that stops waits for its turns to finish.
+        self._thread = threading.Thread(target=self._serve, name="afhost-engine")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job, *, name: str, wait: float) -> bool:
+        """Run `job` in the engine once a slot is free; False if none freed up within `wait`."""
+        if not self._slots.acquire(timeout=wait):
+            logger.warning("engine full for %.0f s: %s not admitted", wait, name)
+            return False
+        self._idle.clear()
+        self._loop.call_soon_threadsafe(self._start_job, job, name)
+        return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job runs; False if some still did after `timeout` seconds."""
+        return self._idle.wait(timeout)
+
+    def _start_job(self, job: Job, name: str) -> None:
+        task = self._loop.create_task(self._guard(job, name), name=name)
+        self._running.add(task)
+        task.add_done_callback(self._job_done)
+
+    async def _guard(self, job: Job, name: str) -> None:
+        try:
+            await job()
+        except Exception:
+            # The job's rows say what happened (their leases run out); nothing else to do here.
+            logger.exception("job %s failed", name)
+
+    def _job_done(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._slots.release()
+        if not self._running:
+            self._idle.set()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._housekeeping())
+            self._loop.run_until_complete(self._drain())
+        finally:
+            self._loop.close()
+
+    async def _housekeeping(self) -> None:
+        """Run the sweepers every third of a lease, until the worker's own loop has ended."""
+        interval = settings.AFHOST_LEASE_SECONDS / 3
+        next_sweep = time.monotonic()
+        while threading.main_thread().is_alive():
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + interval
+                await self._sweep()
+            await asyncio.sleep(min(0.5, interval))
+
+    async def _sweep(self) -> None:
+        for sweep in self.sweepers:
+            try:
+                await db_call(sweep)()
+            except Exception:
+                logger.exception("sweeper %s failed", sweep.__qualname__)
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        logger.info("worker stopping: finishing %d job(s)", len(self._running))
+        _, unfinished = await asyncio.wait(set(self._running), timeout=settings.AFHOST_RUN_TIMEOUT)
+        for task in unfinished:
+            task.cancel()
+        for task in unfinished:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+_engine: Engine | None = None
+
+
+async def _await(job: Job) -> None:
+    await job()
+
+
+def start_engine(**kwargs) -> None:
+    """Start this process's engine: connected to django-q2's post_spawn, sent in each worker."""
+    global _engine
+    if _engine is None:
+        _engine = Engine(concurrency=settings.AFHOST_WORKER_CONCURRENCY, sweepers=sweepers())
+        _engine.start()
+
+
+def run_job(job: Job, *, name: str) -> None:
+    """Run a task's job: in the engine in a worker process, or to its end anywhere else (django-q2's
+    sync mode, management commands, tests).
+
+    A job that was not admitted (the engine stayed full) leaves its row as it was, for the
+    sweepers to hand out again.
+    """
+    if _engine is None:
+        async_to_sync(_await)(job)
+        return
+    # Below django-q2's task timeout, which would kill the process with every job in it.
+    _engine.submit(job, name=name, wait=max(1.0, settings.Q_CLUSTER["timeout"] - 30))

@@ -1,0 +1,108 @@
+"""The turn pipeline every channel goes through, once:
+
+1. identity: who is calling is recorded as an `Identity` (API callers and Telegram users alike);
+2. authorize: linking decides whether that identity may start a turn;
+3. conversation: the host core continues the caller's conversation, under its lease, so turns
+   in one conversation never overlap (a previous_response_id branches instead);
+4. run: blocking, streamed, or queued for a worker;
+5. reply: the channel renders the run on its own wire;
+6. deliver: the run is finished in `afhost.services.finish_run` / `store_runs`, the one place
+   a finished run's pushes to other channels will be made.
+
+Channels parse their wire format into a ChannelRequest, call `start_turn` (HTTP channels) or
+`admit` and `start_stored_turn` (Telegram, in a worker), and render what they get back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from afhost import execution, services
+from afhost.db import in_thread
+from afhost.models import Run
+from afhost.services import StartedRun
+from afhost.types import ChannelIdentity, ChannelRequest
+from linking.models import Identity
+from linking.services import authorize, touch_identity
+
+# A busy HTTP caller's identity is written at most this often per process (its last_seen_at).
+TOUCH_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What a channel knows about the person behind an identity."""
+
+    display_name: str = ""
+    username: str = ""
+
+
+def admit(who: ChannelIdentity, *, profile: Profile = Profile()) -> Identity:
+    """Steps 1 and 2: record the caller, and check they may start a turn."""
+    identity = touch_identity(
+        identity=who, display_name=profile.display_name, username=profile.username
+    )
+    authorize(identity=identity)
+    return identity
+
+
+# (channel, native id) -> monotonic time of its last admission in this process
+_admitted: dict[tuple[str, str], float] = {}
+
+
+def _admitted_lately(who: ChannelIdentity) -> bool:
+    return (
+        _admitted.get((who.channel, who.native_id), -TOUCH_EVERY) > time.monotonic() - TOUCH_EVERY
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    run: Run
+    # None for a run queued for a worker.
+    started: StartedRun | None = None
+
+    async def run_blocking(self) -> Run:
+        return await execution.run_blocking(self.started)
+
+    def stream(self) -> AsyncIterator[list[dict]]:
+        """The run's wire events as they happen (a background run's, as its worker stores them)."""
+        if self.started is None:
+            return execution.tail_run_events(run=self.run, after=-1)
+        return execution.stream_foreground_run(self.started)
+
+
+async def start_turn(request: ChannelRequest) -> Turn:
+    """Steps 1-4 for an HTTP caller: a foreground turn to run in this request, or a background
+    run queued for a worker. A conversation another turn is in raises ConversationBusy.
+
+    A caller that may call many times a second is recorded once a minute per process; a new
+    foreground conversation from one recorded lately touches no database until it is stored.
+    """
+    if (
+        request.background
+        or request.continues_conversation
+        or not _admitted_lately(request.identity)
+    ):
+        return await in_thread(_start_turn, request)
+    return _start_turn(request)
+
+
+def _start_turn(request: ChannelRequest) -> Turn:
+    if not _admitted_lately(request.identity):
+        admit(request.identity)
+        _admitted[request.identity.channel, request.identity.native_id] = time.monotonic()
+    if request.background:
+        return Turn(run=services.queue_run(request=request))
+    started = services.prepare_run(request=request)
+    return Turn(run=started.run, started=started)
+
+
+async def start_stored_turn(
+    request: ChannelRequest, *, link: Callable[[Run], None] | None = None
+) -> StartedRun:
+    """Steps 3-4 in a worker, after `admit`: wait for the conversation, then store the run as
+    in progress, `link`ed to what asked for it, before the target runs."""
+    return await execution.wait_for_turn(lambda: services.start_run(request=request, link=link))
