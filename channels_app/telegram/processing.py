@@ -344,9 +344,9 @@ async def _send_reply(bot: Bot, update: TelegramUpdate, target: ReplyTarget, tex
             continue
         await _send_part(bot, target, part, first=index == 0)
         update.sent_parts = index + 1
-        await db_call(
-            TelegramUpdate.objects.filter(pk=update.pk).update
-        )(sent_parts=update.sent_parts, updated_at=timezone.now())
+        await db_call(TelegramUpdate.objects.filter(pk=update.pk).update)(
+            sent_parts=update.sent_parts, updated_at=timezone.now()
+        )
 
 
 async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) -> tuple[str, str]:
