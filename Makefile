@@ -30,7 +30,7 @@ dev: $(VENV)/installed
 	$(PY) manage.py runserver 127.0.0.1:$(PORT)
 
 worker: $(VENV)/installed
-	$(PY) manage.py qcluster
+	$(PY) manage.py worker
 
 lint: $(VENV)/installed
 	$(VENV)/bin/ruff check .

@@ -12,8 +12,9 @@ AFHOST_LEASE_SECONDS, and the sweepers, which the engine runs every third of tha
 out again. Database work is short hops on one thread per process; a waiting job holds no
 thread and no connection.
 
-A worker that stops (django-q2's STOP, or a recycle) returns from its loop; the engine then
-finishes the jobs it holds, up to AFHOST_RUN_TIMEOUT, before the process exits.
+A worker process that stops (Ctrl-C or SIGTERM to `manage.py worker`, or a recycle) gives the
+jobs it holds DRAIN_SECONDS to finish as it exits. Those still running then are cancelled:
+other workers take them over once their leases run out.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from asgiref.sync import async_to_sync
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 Job = Callable[[], Awaitable[None]]
 
+DRAIN_SECONDS = 5.0
+
 
 class Engine:
     def __init__(self, *, concurrency: int, sweepers: Sequence[Callable[[], object]]) -> None:
@@ -44,11 +46,20 @@ class Engine:
         self._running: set[asyncio.Task] = set()
         self._idle = threading.Event()
         self._idle.set()
-        # Not a daemon: a worker process that stops waits for its turns to finish.
-        self._thread = threading.Thread(target=self._serve, name="afhost-engine")
+        self._stopping = asyncio.Event()
+        self._thread = threading.Thread(target=self._serve, name="afhost-engine", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        # Stop when the process exits, before Python shuts down the thread pools the jobs'
+        # database hops run on (concurrent.futures registers its own exit hook the same way).
+        threading._register_atexit(self.stop)
+
+    def stop(self) -> None:
+        """Stop sweeping, give the running jobs DRAIN_SECONDS, cancel the rest; wait for that."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join()
 
     def submit(self, job: Job, *, name: str, wait: float) -> bool:
         """Run `job` in the engine once a slot is free; False if none freed up within `wait`."""
@@ -90,14 +101,12 @@ class Engine:
             self._loop.close()
 
     async def _housekeeping(self) -> None:
-        """Run the sweepers every third of a lease, until the worker's own loop has ended."""
+        """Run the sweepers every third of a lease, until the engine stops."""
         interval = settings.AFHOST_LEASE_SECONDS / 3
-        next_sweep = time.monotonic()
-        while threading.main_thread().is_alive():
-            if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + interval
-                await self._sweep()
-            await asyncio.sleep(min(0.5, interval))
+        while not self._stopping.is_set():
+            await self._sweep()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
     async def _sweep(self) -> None:
         for sweep in self.sweepers:
@@ -110,7 +119,7 @@ class Engine:
         if not self._running:
             return
         logger.info("worker stopping: finishing %d job(s)", len(self._running))
-        _, unfinished = await asyncio.wait(set(self._running), timeout=settings.AFHOST_RUN_TIMEOUT)
+        _, unfinished = await asyncio.wait(set(self._running), timeout=DRAIN_SECONDS)
         for task in unfinished:
             task.cancel()
         for task in unfinished:

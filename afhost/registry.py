@@ -37,6 +37,9 @@ class RunRenderer(Protocol):
 
 class Channel(Protocol):
     name: str
+    # Whether the channel runs a run again whose process died (Telegram, from its inbox), so the
+    # sweeper must leave it alone, instead of failing it.
+    resumes_lost_runs: bool
 
     def render_output(self, messages: list[Message]) -> list[dict]:
         """The output items of a finished blocking run, as the channel stores them."""
@@ -53,6 +56,10 @@ _channels: dict[str, Channel] = {}
 
 def register_channel(channel: Channel) -> None:
     _channels[channel.name] = channel
+
+
+def channels_resuming_lost_runs() -> list[str]:
+    return [name for name, channel in _channels.items() if channel.resumes_lost_runs]
 
 
 def get_channel(name: str) -> StreamingChannel:

@@ -17,7 +17,7 @@ from django_q.tasks import async_task
 from afhost.exceptions import ConversationBusy, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunEvent
-from afhost.registry import get_channel
+from afhost.registry import channels_resuming_lost_runs, get_channel
 from afhost.selectors import conversation_history, next_event_sequence
 from afhost.types import ChannelRequest, HostedRunResult, new_item_id
 
@@ -261,7 +261,8 @@ def enqueue_run(*, run: Run) -> None:
 
 def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
     """Recover runs their process or the queue lost: re-enqueue long-queued background runs, and
-    fail in-progress runs whose lease ran out (their process died mid-turn).
+    fail in-progress runs whose lease ran out (their process died mid-turn), but for those of
+    channels that run them again.
 
     Safe in many processes at once: a run is claimed at most once, and failing one first takes
     its expired lease. Returns (re-enqueued, failed).
@@ -274,12 +275,10 @@ def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
         with transaction.atomic():
             enqueue_run(run=run)
         requeued += 1
-    failed = sum(
-        fail_lost_run(run=run)
-        for run in Run.objects.filter(
-            status=Run.Status.IN_PROGRESS, lease_expires_at__lt=now
-        ).order_by("pk")
+    lost = Run.objects.filter(status=Run.Status.IN_PROGRESS, lease_expires_at__lt=now).exclude(
+        channel__in=channels_resuming_lost_runs()
     )
+    failed = sum(fail_lost_run(run=run) for run in lost.order_by("pk"))
     if requeued or failed:
         logger.warning(
             "sweep: re-enqueued %d queued run(s), failed %d lost run(s)", requeued, failed

@@ -99,7 +99,7 @@ DATABASES = {
 }
 # django-q2's cluster forks its workers; pooled connections must never cross a fork, so the
 # cluster uses plain connections, closed after each task.
-_IS_CLUSTER = sys.argv[1:2] == ["qcluster"]
+_IS_CLUSTER = sys.argv[1:2] in (["worker"], ["qcluster"])
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and not _IS_CLUSTER:
     # Async views hop into a worker thread per request; a pool keeps connections warm there.
     DATABASES["default"]["OPTIONS"] = {

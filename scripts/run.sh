@@ -5,7 +5,7 @@ set -uo pipefail
 PY=${PY:-.venv/bin/python}
 PORT=${PORT:-8000}
 
-"$PY" manage.py qcluster &
+"$PY" manage.py worker &
 worker=$!
 "$PY" manage.py runserver "127.0.0.1:$PORT" --noreload &
 web=$!

@@ -130,7 +130,7 @@ def live_server_url(django_db_setup, fake_telegram, tmp_path_factory) -> Iterato
 
 
 class Cluster:
-    """A django-q2 cluster (`manage.py qcluster`) in a subprocess of its own session."""
+    """A worker (`manage.py worker`: a django-q2 cluster) in a subprocess of its own session."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env, self.log = env, log
@@ -143,7 +143,7 @@ class Cluster:
     def start(self) -> Cluster:
         with self.log.open("a") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
+                [sys.executable, "manage.py", "worker"],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,
@@ -153,7 +153,7 @@ class Cluster:
         deadline = time.monotonic() + 30
         while self._started() <= self.starts:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"qcluster did not start:\n{self.log.read_text()}")
+                raise RuntimeError(f"the worker did not start:\n{self.log.read_text()}")
             time.sleep(0.1)
         self.starts += 1
         return self
@@ -163,9 +163,9 @@ class Cluster:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is not None:
+        if self.running:
             _stop(self.process)
-            self.process = None
+        self.process = None
 
     def kill(self) -> None:
         """SIGKILL to every process of the cluster, as when its machine dies."""

@@ -18,7 +18,8 @@ from afhost.models import Conversation
 def engine():
     engine = Engine(concurrency=3, sweepers=[])
     engine.start()
-    return engine
+    yield engine
+    engine.stop()
 
 
 def test_jobs_run_at_once_up_to_the_engine_concurrency(engine):

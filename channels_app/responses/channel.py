@@ -8,6 +8,7 @@ from channels_app.responses.rendering import ResponsesRenderer, output_items
 
 class ResponsesChannel:
     name = "responses"
+    resumes_lost_runs = False
 
     def renderer(self, run: Run, *, next_sequence: int) -> ResponsesRenderer:
         return ResponsesRenderer(run, next_sequence=next_sequence)

@@ -123,23 +123,12 @@ class TelegramUpdate(TimestampedModel):
     record_failure.alters_data = True
 
     def record_interruption(self) -> bool:
-        """Count an attempt whose worker died mid-turn (its answer is then run again at once).
-
-        False if that used up the attempts: the update is failed.
-        """
-        attempts = self.attempts + 1
-        now = timezone.now()
-        fields = {
-            "attempts": attempts,
-            "last_error": "interrupted: the worker answering it stopped",
-            "status": self.Status.FAILED if attempts >= self.MAX_ATTEMPTS else self.Status.PENDING,
-            "updated_at": now,
-        }
-        if fields["status"] == self.Status.FAILED:
-            fields["processed_at"] = now
-        TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
-        for name, value in fields.items():
-            setattr(self, name, value)
-        return self.status == self.Status.PENDING
+        """Count an attempt whose worker died mid-turn; False if that used up the attempts."""
+        self.attempts += 1
+        self.last_error = "interrupted: the worker answering it stopped"
+        TelegramUpdate.objects.filter(pk=self.pk).update(
+            attempts=self.attempts, last_error=self.last_error, updated_at=timezone.now()
+        )
+        return self.attempts < self.MAX_ATTEMPTS
 
     record_interruption.alters_data = True

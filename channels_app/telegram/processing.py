@@ -264,6 +264,7 @@ async def _answer_with_agent(
         return _reply_text(run)
     else:  # an earlier attempt's worker died mid-run: run it again, counting that attempt
         if not await db_call(update.record_interruption)():
+            await db_call(services.fail_lost_run)(run=run)  # died too often: visibly failed
             return FAILED_ANSWER
         started = await execution.wait_for_turn(lambda: services.resume_run(run=run))
         if started is None:
