@@ -25,6 +25,7 @@ from afhost.writer import run_writer
 logger = logging.getLogger(__name__)
 
 AGENT_FAILED = "The agent failed to produce a response."
+TOO_SLOW = "The agent took too long to answer."
 # How often a turn waiting for its conversation looks again.
 CONVERSATION_WAIT = 0.25
 
@@ -44,11 +45,21 @@ def _failure(run: Run, exc: BaseException) -> HostedRunResult:
 CANCELLED = HostedRunResult(status=Run.Status.CANCELLED, messages=[])
 
 
+def _too_slow(run: Run) -> HostedRunResult:
+    logger.error("run %s: the target took over %s s", run.public_id, settings.AFHOST_RUN_TIMEOUT)
+    return HostedRunResult.failure(
+        TOO_SLOW, detail=f"stopped after AFHOST_RUN_TIMEOUT={settings.AFHOST_RUN_TIMEOUT} s"
+    )
+
+
 async def invoke(*, run: Run, messages: list[Message]) -> HostedRunResult:
     """Run the target to completion; a failure becomes a failed result, never an exception."""
     target = get_target()
     try:
-        response = await target.run(messages, stream=False, **_run_kwargs(run))
+        async with asyncio.timeout(settings.AFHOST_RUN_TIMEOUT):
+            response = await target.run(messages, stream=False, **_run_kwargs(run))
+    except TimeoutError:
+        return _too_slow(run)
     except Exception as exc:
         return _failure(run, exc)
     return HostedRunResult.from_response(response)
@@ -64,11 +75,20 @@ class TargetStream:
 
     async def __aiter__(self) -> AsyncIterator[AgentResponseUpdate]:
         target = get_target()
+        deadline = asyncio.get_running_loop().time() + settings.AFHOST_RUN_TIMEOUT
         try:
             stream = target.run(self.messages, stream=True, **_run_kwargs(self.run))
-            async for update in stream:
+            updates = aiter(stream)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        update = await anext(updates)
+                except StopAsyncIteration:
+                    break
                 yield update
             self.result = HostedRunResult.from_response(await stream.get_final_response())
+        except TimeoutError:
+            self.result = _too_slow(self.run)
         except Exception as exc:
             self.result = _failure(self.run, exc)
 

@@ -7,12 +7,13 @@ from channels_app.views import api_not_found
 handler400 = "channels_app.views.bad_request"
 
 urlpatterns = [
+    # The Responses API, at OpenAI's /v1 paths and at Azure AI Foundry's unprefixed ones; first,
+    # since they are the busiest routes.
+    path("v1/", include(("channels_app.responses.urls", "responses_v1"))),
+    path("", include(("channels_app.responses.urls", "responses"))),
+    re_path(r"^v1/(?P<path>.*)$", api_not_found),
     path("admin/", admin.site.urls),
     path("readyz", views.readyz, name="readyz"),
     path("readiness", views.readiness, name="readiness"),
     path("", include("channels_app.urls")),
-    # The Responses API, at OpenAI's /v1 paths and at Azure AI Foundry's unprefixed ones.
-    path("v1/", include(("channels_app.responses.urls", "responses_v1"))),
-    path("", include(("channels_app.responses.urls", "responses"))),
-    re_path(r"^v1/(?P<path>.*)$", api_not_found),
 ]

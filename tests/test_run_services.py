@@ -303,3 +303,19 @@ def test_a_conversation_whose_turn_died_is_free_once_its_lease_runs_out(request_
 
     # then: the lost turn is not part of the conversation
     assert [m.text for m in second.messages] == ["two"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_target_slower_than_the_run_timeout_fails_its_run(queued_run, settings, stream):
+    # given
+    settings.AFHOST_RUN_TIMEOUT = 0.2
+    run = queued_run("sleep 2", stream=stream)
+
+    # when
+    tasks.execute_run(run.pk)
+
+    # then
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.error["message"] == "The agent took too long to answer."
+    assert "AFHOST_RUN_TIMEOUT" in run.error_detail
