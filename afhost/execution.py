@@ -15,7 +15,7 @@ from afhost import services
 from afhost.db import db_call, in_thread
 from afhost.exceptions import ConversationBusy
 from afhost.models import Run
-from afhost.registry import get_channel
+from afhost.registry import get_channel, get_streaming_channel
 from afhost.selectors import next_event_sequence, run_progress
 from afhost.services import StartedRun
 from afhost.targets import get_target
@@ -144,7 +144,7 @@ async def stream_foreground_run(started: StartedRun) -> AsyncIterator[list[dict]
     If the client goes away mid-stream, the run is cancelled.
     """
     run = started.run
-    renderer = get_channel(run.channel).renderer(run, next_sequence=0)
+    renderer = get_streaming_channel(run.channel).renderer(run, next_sequence=0)
     finished = False
     run_writer.start(started)
     try:
@@ -176,7 +176,7 @@ async def drive_background_run(started: StartedRun) -> None:
     A cancel (seen by polling the row) stops the target at once.
     """
     run = started.run
-    renderer = get_channel(run.channel).renderer(
+    renderer = get_streaming_channel(run.channel).renderer(
         run, next_sequence=await db_call(next_event_sequence)(run=run)
     )
     save = db_call(services.record_events)

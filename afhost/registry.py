@@ -62,11 +62,19 @@ def channels_resuming_lost_runs() -> list[str]:
     return [name for name, channel in _channels.items() if channel.resumes_lost_runs]
 
 
-def get_channel(name: str) -> StreamingChannel:
+def get_channel(name: str) -> Channel:
     try:
         return _channels[name]
     except KeyError:
         raise LookupError(f"no channel named {name!r} is registered") from None
+
+
+def get_streaming_channel(name: str) -> StreamingChannel:
+    """The channel of a run that streams or runs in the background (only such channels can)."""
+    channel = get_channel(name)
+    if not hasattr(channel, "renderer"):
+        raise LookupError(f"the {name!r} channel neither streams nor runs in the background")
+    return channel
 
 
 _sweepers: list[Callable[[], object]] = []

@@ -17,7 +17,7 @@ from django_q.tasks import async_task
 from afhost.exceptions import ConversationBusy, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunEvent
-from afhost.registry import channels_resuming_lost_runs, get_channel
+from afhost.registry import channels_resuming_lost_runs, get_streaming_channel
 from afhost.selectors import conversation_history, next_event_sequence
 from afhost.types import ChannelRequest, HostedRunResult, new_item_id
 
@@ -190,7 +190,8 @@ def queue_run(*, request: ChannelRequest) -> Run:
     run.save(force_insert=True)
     if request.stream:
         record_events(
-            run=run, events=get_channel(run.channel).renderer(run, next_sequence=0).start()
+            run=run,
+            events=get_streaming_channel(run.channel).renderer(run, next_sequence=0).start(),
         )
     transaction.on_commit(lambda: _queue(run))
     return run
@@ -295,14 +296,13 @@ def fail_lost_run(*, run: Run) -> bool:
     result = HostedRunResult.failure(
         "The run was interrupted before it finished.", detail="its process stopped (lease expired)"
     )
-    renderer = get_channel(run.channel).renderer(run, next_sequence=next_event_sequence(run=run))
-    events = renderer.finish(result)
+    events = []
+    if run.is_streamed:
+        channel = get_streaming_channel(run.channel)
+        events = channel.renderer(run, next_sequence=next_event_sequence(run=run)).finish(result)
     # Not part of its conversation: the turn never ended, so the conversation did not move on.
     failed = finish_run(
-        started=StartedRun(run=run, messages=[]),
-        result=result,
-        output_items=[],
-        events=events if run.is_streamed else [],
+        started=StartedRun(run=run, messages=[]), result=result, output_items=[], events=events
     )
     if failed:
         logger.error(

@@ -1,10 +1,14 @@
 """Answering updates: updates are posted to the real webhook, chat tasks run in process, and the
 fake Bot API on loopback records what Telegram would have received."""
 
+from datetime import timedelta
+from unittest import mock
+
 import pytest
 from agent_framework import Message
+from django.utils import timezone
 
-from afhost.models import Run
+from afhost.models import Conversation, Run
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
 from linking.models import Identity
 
@@ -426,3 +430,97 @@ def test_a_document_is_given_to_the_agent_with_its_type(
     # then
     [text] = telegram_api.sent_texts(PRIVATE)
     assert "You attached a file (application/pdf)." in text
+
+
+def test_an_update_the_bot_library_cannot_read_fails_at_once_and_the_chat_goes_on(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given: an update python-telegram-bot cannot parse, then a good one in the same chat
+    bad = telegram_update("private_text", text="bad")
+    bad["message"]["entities"] = [5]
+
+    # when
+    telegram_inbox.deliver(bad, telegram_update("private_text", text="good"))
+
+    # then
+    failed, answered = TelegramUpdate.objects.order_by("update_id")
+    assert (failed.status, failed.attempts) == ("failed", 0)
+    assert failed.last_error.startswith("malformed update: AttributeError")
+    assert answered.status == "processed"
+    assert len(telegram_api.sent_texts(PRIVATE)) == 1
+
+
+def test_telegram_unreachable_when_the_bot_starts_counts_as_a_failed_attempt(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given: the Bot API fails the bot's own getMe
+    telegram_api.fail_next("getMe", 502, "Bad Gateway")
+
+    # when
+    telegram_inbox.deliver(telegram_update("private_text"))
+
+    # then
+    update = TelegramUpdate.objects.get()
+    assert (update.status, update.attempts) == ("pending", 1)
+    assert "Bad Gateway" in update.last_error
+    assert telegram_api.sent_texts(PRIVATE) == []
+
+
+def test_a_turn_whose_worker_died_is_run_again_and_answered_once(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given: a worker started the turn, then died (its leases ran out)
+    telegram_inbox.post(telegram_update("private_text", text="sleep 0.1"))
+    update = TelegramUpdate.objects.get()
+    with (
+        mock.patch("channels_app.telegram.processing.execution.run_blocking", side_effect=_die),
+        pytest.raises(_WorkerDied),
+    ):
+        telegram_inbox.process()
+    past = timezone.now() - timedelta(seconds=1)
+    Run.objects.update(lease_expires_at=past)
+    Conversation.objects.update(lease_expires_at=past)
+    assert Run.objects.get().status == "in_progress"
+
+    # when: the sweeper hands the chat to a worker again
+    TelegramChat.objects.update(lease_owner="dead", lease_expires_at=past)
+    assert telegram_inbox.sweep() == 1
+    telegram_inbox.process()
+
+    # then: the same run, answered once, the interruption counted
+    update.refresh_from_db()
+    assert (update.status, update.attempts) == ("processed", 1)
+    assert telegram_api.sent_texts(PRIVATE) == ["done sleeping"]
+    assert Run.objects.get().status == "completed"
+
+
+class _WorkerDied(BaseException):
+    """Stands for the process ending mid-turn: nothing after it runs."""
+
+
+async def _die(started):
+    raise _WorkerDied
+
+
+def test_a_turn_whose_workers_keep_dying_is_answered_with_a_failure_in_the_end(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given: a turn whose run is still in progress after its last allowed attempt
+    telegram_inbox.post(telegram_update("private_text", text="sleep 0.1"))
+    with (
+        mock.patch("channels_app.telegram.processing.execution.run_blocking", side_effect=_die),
+        pytest.raises(_WorkerDied),
+    ):
+        telegram_inbox.process()
+    past = timezone.now() - timedelta(seconds=1)
+    Run.objects.update(lease_expires_at=past)
+    TelegramChat.objects.update(lease_owner="dead", lease_expires_at=past)
+    TelegramUpdate.objects.update(attempts=TelegramUpdate.MAX_ATTEMPTS - 1)
+
+    # when
+    telegram_inbox.sweep()
+    telegram_inbox.process()
+
+    # then: visibly failed, and the person told so, once
+    assert Run.objects.get().status == "failed"
+    assert telegram_api.sent_texts(PRIVATE) == ["Sorry, I could not answer that. Please try again."]

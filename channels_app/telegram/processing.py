@@ -354,8 +354,8 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
     """Answer one update; returns the inbox status and a note for operators."""
     try:
         parsed = Update.de_json(update.payload, bot)
-    except (TypeError, ValueError, KeyError) as exc:
-        return TelegramUpdate.Status.IGNORED, f"unparseable update: {exc}"
+    except Exception as exc:  # any shape python-telegram-bot cannot read: retrying cannot help
+        return TelegramUpdate.Status.FAILED, f"malformed update: {type(exc).__name__}: {exc}"
     if parsed.callback_query is not None:
         await parsed.callback_query.answer()
         return TelegramUpdate.Status.IGNORED, "callback queries are not used"
