@@ -67,6 +67,9 @@ def test_telegram_poll_stops_cleanly_on_ctrl_c(telegram_api):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A suite started in the background (`make test &`) ignores SIGINT, and so would its
+        # children: give the command the default handler a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     telegram_api.wait_for("getUpdates", timeout=20)
 
