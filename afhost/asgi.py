@@ -1,5 +1,7 @@
-"""The one ASGI entry point (daphne, uvicorn): Django, with the liveness probe answered before it
-and the API routes through Django's handler without the browser middleware (afhost.handlers)."""
+"""The one ASGI entry point (daphne, uvicorn): Django, with the liveness probe answered before it,
+the API routes through Django's handler without the browser middleware (afhost.handlers), and
+the routes anyone may POST a body to (the API, Telegram's webhook) behind a gate that checks the
+caller before reading the body, and bounds it (afhost.handlers.guard)."""
 
 import os
 
@@ -9,14 +11,20 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "afhost.settings")
 
 django_application = get_asgi_application()
 
+from django.urls import reverse  # noqa: E402
+
 from afhost.checks import require_runtime_settings  # noqa: E402 (needs Django set up)
-from afhost.handlers import ApiHandler  # noqa: E402
-from channels_app.views import API_PREFIXES  # noqa: E402
+from afhost.handlers import ApiHandler, guard  # noqa: E402
+from channels_app.telegram.views import WebhookGate  # noqa: E402
+from channels_app.views import API_PREFIXES, ApiGate  # noqa: E402
 
 # Fail at start-up, not on the first request, without a secret key or a loadable target.
 require_runtime_settings()
 
-api_application = ApiHandler()
+# Routes anyone may send a body to: the caller is checked from the headers before it is read.
+api_application = guard(ApiHandler(), ApiGate())
+telegram_webhook_application = guard(django_application, WebhookGate())
+TELEGRAM_WEBHOOK_PATH = reverse("channels_app:telegram_webhook")
 
 
 async def application(scope, receive, send):
@@ -32,5 +40,8 @@ async def application(scope, receive, send):
         return
     if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
         await api_application(scope, receive, send)
+        return
+    if scope["type"] == "http" and scope["path"] == TELEGRAM_WEBHOOK_PATH:
+        await telegram_webhook_application(scope, receive, send)
         return
     await django_application(scope, receive, send)

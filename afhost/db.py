@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -29,24 +32,54 @@ async def in_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) ->
     return await sync_to_async(call, thread_sensitive=False)()
 
 
-def db_call(function: Callable[..., T]) -> Callable[..., Awaitable[T]]:
-    """`function` as an awaitable that runs on the process's database thread.
+# The worker engine's database threads, in a worker process (afhost.engine).
+_worker_threads: Executor | None = None
 
-    That one thread (Django's thread-sensitive executor; the request's own thread inside Django)
-    keeps its connection between calls, so a process that runs many turns opens one connection,
-    not one per turn. A connection that broke (the database restarted) is closed, and the next
-    call opens a new one.
+
+def use_worker_threads(executor: Executor) -> None:
+    global _worker_threads
+    _worker_threads = executor
+
+
+def _close_broken_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        if connection.errors_occurred and not connection.is_usable():
+            connection.close()
+
+
+def db_call(function: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`function` as an awaitable that runs on a database thread, which keeps its connection.
+
+    In a worker process, that is one of the engine's few database threads, so a worker opens a
+    few connections whatever its concurrency, and many turns' hops run side by side. Elsewhere it
+    is Django's thread-sensitive thread (a test's own thread, which sees its transaction). A
+    connection that broke (the database restarted) is closed, and the next call opens a new one.
     """
 
     def call(*args: Any, **kwargs: Any) -> T:
         try:
             return function(*args, **kwargs)
         finally:
-            for connection in connections.all(initialized_only=True):
-                if connection.errors_occurred and not connection.is_usable():
-                    connection.close()
+            _close_broken_connections()
 
-    return sync_to_async(call, thread_sensitive=True)
+    on_django_thread = sync_to_async(call, thread_sensitive=True)
+
+    async def hop(*args: Any, **kwargs: Any) -> T:
+        if _worker_threads is None:
+            return await on_django_thread(*args, **kwargs)
+        # Not through a copied context: each thread's connection lives in its own context.
+        return await asyncio.get_running_loop().run_in_executor(
+            _worker_threads, functools.partial(call, *args, **kwargs)
+        )
+
+    return hop
+
+
+def forget_inherited_connections() -> None:
+    """In a forked process: drop the connections the parent had open, without closing them
+    (closing would end the parent's session, on the socket both hold); it opens its own."""
+    for connection in connections.all(initialized_only=True):
+        connection.connection = None
 
 
 def storable(value: Any) -> bool:

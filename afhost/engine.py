@@ -9,8 +9,8 @@ task waits for a free slot, so a busy worker stops taking tasks and an idle one 
 The rows stay the truth and django-q2 only carries their ids: a job leases its row before
 working on it (afhost.leases), so the jobs a dead process held are free again within
 AFHOST_LEASE_SECONDS, and the sweepers, which the engine runs every third of that, hand them
-out again. Database work is short hops on one thread per process; a waiting job holds no
-thread and no connection.
+out again. Database work is short hops on the engine's DB_THREADS threads, each keeping its
+connection; a waiting job holds no thread and no connection.
 
 A worker process that stops (Ctrl-C or SIGTERM to `manage.py worker`, or a recycle) gives the
 jobs it holds DRAIN_SECONDS to finish as it exits. Those still running then are cancelled:
@@ -24,11 +24,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from afhost.db import db_call
+from afhost.db import db_call, use_worker_threads
 from afhost.registry import sweepers
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 Job = Callable[[], Awaitable[None]]
 
 DRAIN_SECONDS = 5.0
+# Threads (each with its database connection) the engine's jobs make their database hops on.
+DB_THREADS = 4
 
 
 class Engine:
@@ -48,6 +51,7 @@ class Engine:
         self._idle.set()
         self._stopping = asyncio.Event()
         self._thread = threading.Thread(target=self._serve, name="afhost-engine", daemon=True)
+        self.db_threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="afhost-db")
 
     def start(self) -> None:
         self._thread.start()
@@ -69,6 +73,9 @@ class Engine:
         self._idle.clear()
         self._loop.call_soon_threadsafe(self._start_job, job, name)
         return True
+
+    def owns_current_loop(self) -> bool:
+        return asyncio.get_running_loop() is self._loop
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job runs; False if some still did after `timeout` seconds."""
@@ -139,7 +146,13 @@ def start_engine(**kwargs) -> None:
     global _engine
     if _engine is None:
         _engine = Engine(concurrency=settings.AFHOST_WORKER_CONCURRENCY, sweepers=sweepers())
+        use_worker_threads(_engine.db_threads)
         _engine.start()
+
+
+def in_engine() -> bool:
+    """Whether the running code is one of this process's engine jobs."""
+    return _engine is not None and _engine.owns_current_loop()
 
 
 def run_job(job: Job, *, name: str) -> None:

@@ -20,3 +20,7 @@ class InvalidRunState(HostError):
 
 class ConversationBusy(HostError):
     """Another turn is in progress in the conversation; a turn waits, or is refused."""
+
+
+class HistoryTooLong(HostError):
+    """A conversation's history exceeds the per-turn budget, and the run may not truncate it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,12 +13,13 @@ from agent_framework import AgentResponseUpdate, Message
 from django.conf import settings
 
 from afhost import services
-from afhost.db import db_call, in_thread
+from afhost.db import db_call
 from afhost.exceptions import ConversationBusy
 from afhost.models import Run
 from afhost.registry import get_channel, get_streaming_channel
-from afhost.selectors import next_event_sequence, run_progress
+from afhost.selectors import next_event_sequence
 from afhost.services import StartedRun
+from afhost.tails import run_tails
 from afhost.targets import get_target
 from afhost.types import HostedRunResult
 from afhost.writer import run_writer
@@ -139,14 +141,15 @@ async def _finish(
 
 
 async def stream_foreground_run(started: StartedRun) -> AsyncIterator[list[dict]]:
-    """A foreground streamed run: yields batches of wire events; the run is stored before the last.
+    """A foreground streamed run: yields batches of wire events; the run is stored (in progress)
+    before the first, which names it, and finished before the last.
 
     If the client goes away mid-stream, the run is cancelled.
     """
     run = started.run
     renderer = get_streaming_channel(run.channel).renderer(run, next_sequence=0)
     finished = False
-    run_writer.start(started)
+    await run_writer.start_visibly(started)
     try:
         yield renderer.start()
         stream = TargetStream(run=run, messages=started.messages)
@@ -173,7 +176,7 @@ async def run_background(run_id: int) -> None:
 async def drive_background_run(started: StartedRun) -> None:
     """Run a claimed background run, storing its events if it was streamed.
 
-    A cancel (seen by polling the row) stops the target at once.
+    A cancel (seen by CancelWatch's polling) stops the target at once.
     """
     run = started.run
     renderer = get_streaming_channel(run.channel).renderer(
@@ -191,18 +194,19 @@ async def drive_background_run(started: StartedRun) -> None:
                 await save(run=run, events=events)
 
     task = asyncio.ensure_future(consume())
+    cancelled = asyncio.ensure_future(_cancels().wait(run.pk))
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=settings.AFHOST_POLL_INTERVAL)
-            if not task.done() and await _is_cancelled(run):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                logger.info("run %s was cancelled while running", run.public_id)
-                await db_call(services.end_cancelled_run)(started=started)
-                return
+        await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        task.cancel()  # the job itself was cancelled: so is the target
+        cancelled.cancel()
+        if not task.done():  # cancelled by its client, or the job itself was (a stopping worker)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        logger.info("run %s was cancelled while running", run.public_id)
+        await db_call(services.end_cancelled_run)(started=started)
+        return
     task.result()
     events = renderer.finish(stream.result)
     await db_call(services.finish_run)(
@@ -213,19 +217,47 @@ async def drive_background_run(started: StartedRun) -> None:
     )
 
 
-@db_call
-def _is_cancelled(run: Run) -> bool:
-    return Run.objects.filter(pk=run.pk, status=Run.Status.CANCELLED).exists()
+class CancelWatch:
+    """Tells the background runs an event loop drives when their client cancels them: one query
+    per AFHOST_POLL_INTERVAL for all of them, not one per run."""
 
+    def __init__(self) -> None:
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._polling: asyncio.Task | None = None
 
-async def tail_run_events(*, run: Run, after: int) -> AsyncIterator[list[dict]]:
-    """Stored events of a streamed background run after `after`, following the run to its end."""
-    while True:
-        status, events = await in_thread(run_progress, run=run, after=after)
-        if events:
-            after = events[-1]["sequence_number"]
-            yield events
-        if status is None or status in Run.TERMINAL_STATUSES:
-            return
-        if not events:
+    async def wait(self, run_pk: int) -> None:
+        """Return once the run is cancelled (cancel this wait when the run ends)."""
+        future = self._waiting[run_pk] = asyncio.get_running_loop().create_future()
+        if self._polling is None or self._polling.done():
+            self._polling = asyncio.ensure_future(self._poll())
+        try:
+            await future
+        finally:
+            self._waiting.pop(run_pk, None)
+
+    async def _poll(self) -> None:
+        while self._waiting:
             await asyncio.sleep(settings.AFHOST_POLL_INTERVAL)
+            for pk in await _cancelled_among(list(self._waiting)):
+                if (future := self._waiting.get(pk)) is not None and not future.done():
+                    future.set_result(None)
+
+
+@db_call
+def _cancelled_among(run_pks: list[int]) -> list[int]:
+    cancelled = Run.objects.filter(pk__in=run_pks, status=Run.Status.CANCELLED)
+    return list(cancelled.values_list("pk", flat=True))
+
+
+_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CancelWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cancels() -> CancelWatch:
+    return _watches.setdefault(asyncio.get_running_loop(), CancelWatch())
+
+
+def tail_run_events(*, run: Run, after: int) -> AsyncIterator[list[dict]]:
+    """Stored events of a streamed background run after `after`, following the run to its end."""
+    return run_tails.follow(run=run, after=after)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from asgiref.sync import markcoroutinefunction
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -116,3 +118,104 @@ class ApiHandler(ASGIHandler):
         else:
             response.close()
         body_file.close()
+
+
+# --- Guarding request bodies -------------------------------------------------------------------
+#
+# A body is read before a view runs, and reading it costs memory (and, past Django's
+# FILE_UPLOAD_MAX_MEMORY_SIZE, a temporary file) for as long as its sender takes. So a guarded
+# route decides from the headers alone whether to read it at all (its gate: a key, a secret, a
+# declared length), stops reading one that grows past its limit, and gives up on one that takes
+# longer than AFHOST_BODY_TIMEOUT. This needs a server that streams bodies to the application,
+# as uvicorn does; daphne (Twisted) reads a whole body before the application sees the request.
+
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+
+
+class Gate(Protocol):
+    """What a guarded route lets in."""
+
+    @property
+    def max_body_bytes(self) -> int: ...
+
+    async def check(self, scope: dict, headers: Mapping[str, str]) -> HttpResponse | None:
+        """The answer to a request refused from its headers, or None to read its body."""
+
+    def refuse_body(self, status: int) -> HttpResponse:
+        """The answer to a body over the limit (413) or too slow to arrive (408)."""
+
+
+def request_headers(scope: dict) -> dict[str, str]:
+    """A request's headers, names in lower case (as ASGI gives them)."""
+    return {name.decode("latin1"): value.decode("latin1") for name, value in scope["headers"]}
+
+
+def declared_length(headers: Mapping[str, str]) -> int | None:
+    try:
+        return int(headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
+class BoundedBody:
+    """The `receive` of a request whose body may hold `limit` bytes and must arrive within
+    `timeout` seconds. Past either, it tells Django the client went away, so that Django stops
+    reading and answers nothing, and keeps the status to answer instead (413 or 408). Once the
+    body is in, messages pass through (Django then listens for a disconnect)."""
+
+    def __init__(self, receive: Callable, *, limit: int, timeout: float) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._deadline = asyncio.get_running_loop().time() + timeout
+        self._received = 0
+        self._complete = False
+        self.refused: int | None = None
+
+    async def __call__(self) -> dict[str, Any]:
+        if self._complete:
+            return await self._receive()
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                message = await self._receive()
+        except TimeoutError:
+            return self._refuse(408)
+        if message["type"] == "http.request":
+            self._received += len(message.get("body", b""))
+            if self._received > self._limit:
+                return self._refuse(413)
+            self._complete = not message.get("more_body", False)
+        return message
+
+    def _refuse(self, status: int) -> dict[str, Any]:
+        self.refused, self._complete = status, True
+        return {"type": "http.disconnect"}
+
+
+async def send_refusal(response: HttpResponse, send: Callable) -> None:
+    """Answer with a small response, closing the connection: the rest of the body (if any) is
+    never read, so the connection cannot carry another request."""
+    headers = [(name.encode("latin1"), value.encode("latin1")) for name, value in response.items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [*headers, (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.content})
+
+
+def guard(application: ASGIApp, gate: Gate) -> ASGIApp:
+    """`application` (a Django handler) behind `gate`, with its request bodies bounded."""
+
+    async def guarded(scope: dict, receive: Callable, send: Callable) -> None:
+        refusal = await gate.check(scope, request_headers(scope))
+        if refusal is not None:
+            await send_refusal(refusal, send)
+            return
+        body = BoundedBody(receive, limit=gate.max_body_bytes, timeout=settings.AFHOST_BODY_TIMEOUT)
+        await application(scope, body, send)
+        if body.refused is not None:  # Django stopped reading, and answered nothing
+            await send_refusal(gate.refuse_body(body.refused), send)
+
+    return guarded

@@ -7,6 +7,7 @@ import secrets
 import uuid
 
 from django.db import models
+from django.db.models.functions import Cast, Length
 from django.utils import timezone
 
 
@@ -152,6 +153,11 @@ class Run(TimestampedModel, LeasedModel):
         CANCELLED = "cancelled"
         INCOMPLETE = "incomplete"
 
+    class Truncation(models.TextChoices):
+        # A history over AFHOST_MAX_HISTORY_BYTES loses its oldest turns, or fails the run.
+        AUTO = "auto"
+        DISABLED = "disabled"
+
     ACTIVE_STATUSES = (Status.QUEUED, Status.IN_PROGRESS)
     TERMINAL_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.INCOMPLETE)
 
@@ -179,6 +185,20 @@ class Run(TimestampedModel, LeasedModel):
     )
     input_messages = models.JSONField(default=list, blank=True)
     output_messages = models.JSONField(default=list, blank=True)
+    # Computed by the database, so a history can be measured without loading its messages.
+    messages_size = models.GeneratedField(
+        expression=Length(Cast("input_messages", models.TextField()))
+        + Length(Cast("output_messages", models.TextField())),
+        output_field=models.BigIntegerField(),
+        db_persist=True,
+        help_text="Characters of the input and output messages as JSON.",
+    )
+    truncation = models.CharField(
+        max_length=16,
+        choices=Truncation.choices,
+        default=Truncation.AUTO,
+        help_text="What a history too long for this run does.",
+    )
     output_items = models.JSONField(
         default=list, blank=True, help_text="Output as the channel renders it."
     )

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from agent_framework import Message
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q
 
-from afhost.exceptions import RunNotFound
+from afhost.exceptions import HistoryTooLong, RunNotFound
 from afhost.models import Run, RunEvent
 
-# Walks a run's chain of previous runs, oldest first. One query however long the conversation.
+# Walks a run's chain of previous runs, newest first, adding up their sizes (not their
+# messages), and stops one run past `budget`. One query however long the conversation.
 _HISTORY_SQL = """
-WITH RECURSIVE chain(id, previous_run_id, depth) AS (
-    SELECT id, previous_run_id, 0 FROM afhost_run WHERE id = %s
+WITH RECURSIVE chain(id, previous_run_id, depth, total) AS (
+    SELECT id, previous_run_id, 0, messages_size FROM afhost_run WHERE id = %s
     UNION ALL
-    SELECT r.id, r.previous_run_id, c.depth + 1
+    SELECT r.id, r.previous_run_id, c.depth + 1, c.total + r.messages_size
     FROM afhost_run r JOIN chain c ON r.id = c.previous_run_id
+    WHERE c.total <= %s
 )
-SELECT r.id, r.input_messages, r.output_messages
-FROM chain c JOIN afhost_run r ON r.id = c.id
-ORDER BY c.depth DESC
+SELECT id, total FROM chain ORDER BY depth
 """
 
 
@@ -31,30 +35,63 @@ def get_visible_run(*, isolation_key: str, public_id: uuid.UUID) -> Run:
     return run
 
 
-def conversation_history(*, run: Run | None) -> list[Message]:
-    """Every message of the chain of runs ending with `run` (inputs and outputs, oldest first)."""
+def conversation_history(
+    *, run: Run | None, truncation: str = Run.Truncation.AUTO, max_size: int | None = None
+) -> list[Message]:
+    """The messages of the chain of runs ending with `run` (inputs and outputs, oldest first)
+    that fit in `max_size` characters of stored JSON (AFHOST_MAX_HISTORY_BYTES): the newest
+    whole runs that do. Older runs are measured, not loaded.
+
+    With truncation "disabled", a chain that does not fit raises HistoryTooLong instead.
+    """
     if run is None:
         return []
+    budget = settings.AFHOST_MAX_HISTORY_BYTES if max_size is None else max_size
+    with connection.cursor() as cursor:
+        cursor.execute(_HISTORY_SQL, [run.pk, budget])
+        chain = cursor.fetchall()
+    fitting = [pk for pk, total in chain if total <= budget]
+    if len(fitting) < len(chain) and truncation == Run.Truncation.DISABLED:
+        raise HistoryTooLong(
+            f"the conversation's history exceeds {budget} characters", param="input"
+        )
+    rows = {
+        pk: (input_messages, output_messages)
+        for pk, input_messages, output_messages in Run.objects.filter(pk__in=fitting).values_list(
+            "pk", "input_messages", "output_messages"
+        )
+    }
     messages: list[Message] = []
-    for row in Run.objects.raw(_HISTORY_SQL, [run.pk]):
-        messages.extend(Message.from_dict(m) for m in row.input_messages)
-        messages.extend(Message.from_dict(m) for m in row.output_messages)
+    for pk in reversed(fitting):
+        input_messages, output_messages = rows[pk]
+        messages.extend(Message.from_dict(m) for m in input_messages)
+        messages.extend(Message.from_dict(m) for m in output_messages)
     return messages
 
 
-def run_progress(*, run: Run, after: int) -> tuple[str | None, list[dict]]:
-    """The run's status (None once deleted) and its stored events numbered above `after`.
+def runs_progress(*, cursors: Mapping[int, int]) -> dict[int, tuple[str | None, list[dict]]]:
+    """For each run (by pk) in `cursors`: its status (None once deleted) and its stored events
+    numbered above its cursor, in order. Two queries however many runs.
 
-    The status is read first: events and the terminal status are committed together, so a
+    Statuses are read first: events and a terminal status are committed together, so a
     terminal status read here means the events that follow are all there are.
     """
-    status = Run.objects.filter(pk=run.pk).values_list("status", flat=True).first()
-    events = list(
-        RunEvent.objects.filter(run=run, sequence_number__gt=after)
-        .order_by("sequence_number")
-        .values_list("data", flat=True)
-    )
-    return status, events
+    if not cursors:
+        return {}
+    statuses = dict(Run.objects.filter(pk__in=cursors).values_list("pk", "status"))
+    progress: dict[int, tuple[str | None, list[dict]]] = {
+        pk: (statuses.get(pk), []) for pk in cursors
+    }
+    after = Q()
+    for pk, cursor in cursors.items():
+        after |= Q(run_id=pk, sequence_number__gt=cursor)
+    for run_id, data in (
+        RunEvent.objects.filter(after)
+        .order_by("run_id", "sequence_number")
+        .values_list("run_id", "data")
+    ):
+        progress[run_id][1].append(data)
+    return progress
 
 
 def next_event_sequence(*, run: Run) -> int:

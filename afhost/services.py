@@ -14,7 +14,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from afhost.exceptions import ConversationBusy, InvalidRunState, RunNotFound
+from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunEvent
 from afhost.registry import channels_resuming_lost_runs, get_streaming_channel
@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 
 # How long a background run may wait in the queue before the sweeper hands it out again.
 QUEUE_GRACE = timedelta(minutes=2)
+# OpenAI's words for an input over the context window.
+HISTORY_TOO_LONG = (
+    "Your input exceeds the context window of this model. Please adjust your input and try again."
+)
 
 
 def reset_conversation(*, channel: str, isolation_key: str, key: str) -> None:
@@ -118,6 +122,7 @@ def _new_run(request: ChannelRequest, continuation: _Continuation, **fields) -> 
         metadata=dict(request.metadata),
         attributes=dict(request.attributes),
         input_messages=_message_dicts(request.input),
+        truncation=request.truncation,
         **fields,
     )
 
@@ -135,7 +140,10 @@ def _in_progress(run_lease: str) -> dict:
 def _started(run: Run, continuation: _Continuation, new_input: list[Message]) -> StartedRun:
     started = StartedRun(
         run=run,
-        messages=[*conversation_history(run=continuation.previous), *new_input],
+        messages=[
+            *conversation_history(run=continuation.previous, truncation=run.truncation),
+            *new_input,
+        ],
         conversation_lease=continuation.lease,
     )
     if continuation.lease:
@@ -220,7 +228,30 @@ def begin_background_run(*, run_id: int) -> StartedRun | None:
         release_conversation(conversation=run.conversation, lease=continuation.lease)
         return None
     run.refresh_from_db()
-    return _started(run, continuation, [Message.from_dict(m) for m in run.input_messages])
+    return _started_or_failed(run, continuation)
+
+
+def _started_or_failed(run: Run, continuation: _Continuation) -> StartedRun | None:
+    """A claimed run, started; or None, failed, if its history is over the budget and it may
+    not truncate it (its conversation does not move on)."""
+    try:
+        return _started(run, continuation, [Message.from_dict(m) for m in run.input_messages])
+    except HistoryTooLong as exc:
+        release_conversation(conversation=continuation.conversation, lease=continuation.lease)
+        result = HostedRunResult.failure(
+            HISTORY_TOO_LONG, detail=exc.message, code="invalid_prompt"
+        )
+        events = []
+        if run.is_streamed:
+            renderer = get_streaming_channel(run.channel).renderer(
+                run, next_sequence=next_event_sequence(run=run)
+            )
+            events = renderer.finish(result)
+        finish_run(
+            started=StartedRun(run=run, messages=[]), result=result, output_items=[], events=events
+        )
+        logger.info("run %s failed: %s", run.public_id, exc.message)
+        return None
 
 
 def resume_run(*, run: Run) -> StartedRun | None:
@@ -237,7 +268,7 @@ def resume_run(*, run: Run) -> StartedRun | None:
         release_conversation(conversation=run.conversation, lease=continuation.lease)
         return None
     run.refresh_from_db()
-    return _started(run, continuation, [Message.from_dict(m) for m in run.input_messages])
+    return _started_or_failed(run, continuation)
 
 
 def release_conversation(*, conversation: Conversation | None, lease: str) -> None:

@@ -98,12 +98,17 @@ DATABASES = {
     )
 }
 # django-q2's cluster forks its workers; pooled connections must never cross a fork, so the
-# cluster uses plain connections, closed after each task.
+# cluster uses plain connections, kept open (see below).
 _IS_CLUSTER = sys.argv[1:2] in (["worker"], ["qcluster"])
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and not _IS_CLUSTER:
     # Async views hop into a worker thread per request; a pool keeps connections warm there.
     DATABASES["default"]["OPTIONS"] = {
-        "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_SIZE", 10, minimum=1)}
+        "pool": {
+            "min_size": 1,
+            "max_size": env_int("DATABASE_POOL_SIZE", 10, minimum=1),
+            # A request that gets no connection within this many seconds is answered 503.
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 10, minimum=0.1),
+        }
     }
     # The pool checks a connection before handing it out (Django passes psycopg_pool's
     # check=ConnectionPool.check_connection when this is on; a "check" in the pool options would
@@ -117,6 +122,13 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+if _IS_CLUSTER:
+    # django-q2's broker closes stale connections before every queue operation: with connections
+    # closed after each use, that is a new connection per dequeue and per acknowledgement (some 30
+    # tasks/s on PostgreSQL). A worker's processes are long-lived: persistent connections,
+    # checked before reuse; a forked process drops those it inherited (afhost.db).
+    DATABASES["default"]["CONN_MAX_AGE"] = None
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -139,8 +151,11 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("AFHOST_BEHIND_PROXY") else None
 )
 
-# Request bodies (images and files travel inline as data URLs) are capped here.
+# Request bodies (images and files travel inline as data URLs) are capped here. An API request
+# over it is refused from its Content-Length, or as soon as it grows past it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("AFHOST_MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1024)
+# Seconds a client may take to send a request body to the API or the Telegram webhook (408).
+AFHOST_BODY_TIMEOUT = env_float("AFHOST_BODY_TIMEOUT", 30, minimum=0.1)
 
 # Every handler redacts the configured secrets (the bot token is in every Bot API URL); Django's
 # loggers reach it through the root instead of Django's unfiltered default handlers.
@@ -175,6 +190,14 @@ AFHOST_RUN_TIMEOUT = env_int("AFHOST_RUN_TIMEOUT", 600, minimum=5)
 AFHOST_API_KEY_CACHE_SECONDS = env_float("AFHOST_API_KEY_CACHE_SECONDS", 5)
 # How often a background run checks whether it was cancelled, and a stream tail polls for events.
 AFHOST_POLL_INTERVAL = env_float("AFHOST_POLL_INTERVAL", 0.1)
+# An event stream quiet for this many seconds gets an SSE comment, so proxies keep it open.
+AFHOST_SSE_KEEPALIVE = env_float("AFHOST_SSE_KEEPALIVE", 15, minimum=0.01)
+# Input items one create may send (OpenAI-style 400 above it).
+AFHOST_MAX_INPUT_ITEMS = env_int("AFHOST_MAX_INPUT_ITEMS", 2048, minimum=1)
+# Earlier turns a turn loads and hands its target, measured as their stored messages' JSON
+# (characters): with the Responses `truncation: "auto"` (and in Telegram) the oldest turns are
+# left out to fit; with "disabled" (OpenAI's default) a longer history fails the turn.
+AFHOST_MAX_HISTORY_BYTES = env_int("AFHOST_MAX_HISTORY_BYTES", 16 * 1024 * 1024, minimum=1024)
 # Turns one worker process runs at once. A turn mostly awaits its model and holds no thread and
 # no database connection meanwhile, so this is sized for waiting, not for cores.
 AFHOST_WORKER_CONCURRENCY = env_int("AFHOST_WORKER_CONCURRENCY", 100, minimum=1)
@@ -195,7 +218,8 @@ Q_CLUSTER = {
     "max_attempts": 2,
     "poll": env_float("AFHOST_QUEUE_POLL", 0.1),
     "catch_up": False,
-    "save_limit": 1000,
+    # The rows are the truth: successful tasks (nearly all) are not stored again; failed ones are.
+    "save_limit": -1,
     "label": "Task queue",
 }
 # Pause between the demo agent's streamed words (seconds), so streaming is visible in a terminal.

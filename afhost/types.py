@@ -52,6 +52,9 @@ class ChannelRequest:
     # Whose data the run and its conversation belong to; the identity's own key unless a channel
     # shares a conversation between people (e.g. a whole group chat).
     partition_key: str = ""
+    # A history over AFHOST_MAX_HISTORY_BYTES: "auto" leaves its oldest turns out, "disabled"
+    # fails the turn (afhost.exceptions.HistoryTooLong).
+    truncation: str = "auto"
 
     @property
     def isolation_key(self) -> str:
@@ -97,11 +100,11 @@ class HostedRunResult:
         )
 
     @classmethod
-    def failure(cls, message: str, *, detail: str) -> HostedRunResult:
+    def failure(cls, message: str, *, detail: str, code: str = "server_error") -> HostedRunResult:
         return cls(
             status="failed",
             messages=[],
-            error={"code": "server_error", "message": message},
+            error={"code": code, "message": message},
             error_detail=detail,
         )
 

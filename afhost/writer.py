@@ -46,6 +46,13 @@ class RunWriter:
         """Insert a prepared run as in progress, soon; nothing waits for it."""
         self._add(_Write(started))
 
+    async def start_visibly(self, started: StartedRun) -> None:
+        """Insert a prepared run as in progress; returns once it is committed (a stream's first
+        event names the run, and the client may retrieve it at once)."""
+        future = asyncio.get_running_loop().create_future()
+        self._add(_Write(started, future=future))
+        await future
+
     async def finish(
         self, started: StartedRun, result: HostedRunResult, output_items: list[dict]
     ) -> None:

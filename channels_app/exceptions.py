@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ class ApiError(Exception):
         return JsonResponse(self.response_body(), status=self.status)
 
 
+def unavailable() -> JsonResponse:
+    response = ApiError(
+        503,
+        "The server is overloaded or not ready yet. Please retry shortly.",
+        type="server_error",
+        code="service_unavailable",
+    ).response()
+    response["Retry-After"] = "1"
+    return response
+
+
 def not_found(what: str, value: str, *, param: str | None = None) -> ApiError:
     return ApiError(404, f"{what} with id '{value}' not found.", param=param, code="not_found")
 
@@ -73,6 +85,11 @@ def api_endpoint(*methods: str) -> Callable[[View], View]:
                 return ApiError(
                     413, "The request body is too large.", code="request_too_large"
                 ).response()
+            except OperationalError as exc:
+                # No connection within the pool's timeout, or the database is down: the
+                # connection (if any) went back in afhost.db.in_thread; the caller may retry.
+                logger.warning("database unavailable in %s: %s", view.__name__, exc)
+                return unavailable()
             except Exception:
                 logger.exception("unhandled error in %s", view.__name__)
                 return ApiError(

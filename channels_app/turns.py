@@ -74,15 +74,17 @@ class Turn:
         return execution.stream_foreground_run(self.started)
 
 
-async def start_turn(request: ChannelRequest) -> Turn:
+async def start_turn(request: ChannelRequest, *, large: bool = False) -> Turn:
     """Steps 1-4 for an HTTP caller: a foreground turn to run in this request, or a background
     run queued for a worker. A conversation another turn is in raises ConversationBusy.
 
     A caller that may call many times a second is recorded once a minute per process; a new
     foreground conversation from one recorded lately touches no database until it is stored.
+    Preparing a `large` request's run is left to a pool thread even then, off the event loop.
     """
     if (
-        request.background
+        large
+        or request.background
         or request.continues_conversation
         or not _admitted_lately(request.identity)
     ):

@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from django.conf import settings
 from django.core.exceptions import DisallowedHost
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 
-from channels_app.exceptions import ApiError, api_endpoint
+from afhost.handlers import declared_length
+from channels_app.auth import authenticate
+from channels_app.exceptions import ApiError, api_endpoint, unavailable
 
 API_PREFIXES = ("/v1/", "/responses")
+
+
+class ApiGate:
+    """What the API routes refuse before reading a body (afhost.handlers.guard): a caller
+    without a valid key (401) or naming users it may not (400, 403), and a body declared over
+    AFHOST_MAX_REQUEST_BYTES (413). A key lookup is cached, so the view's own costs nothing."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+
+    async def check(self, scope: dict, headers: Mapping[str, str]) -> HttpResponse | None:
+        try:
+            await authenticate(headers)
+        except ApiError as exc:
+            return exc.response()
+        except OperationalError:
+            return unavailable()
+        if (declared_length(headers) or 0) > self.max_body_bytes:
+            return self.refuse_body(413)
+        return None
+
+    def refuse_body(self, status: int) -> HttpResponse:
+        if status == 413:
+            error = ApiError(413, "The request body is too large.", code="request_too_large")
+        else:
+            error = ApiError(
+                408, "The request body took too long to arrive.", code="request_timeout"
+            )
+        return error.response()
 
 
 @api_endpoint("GET", "POST", "PUT", "PATCH", "DELETE")

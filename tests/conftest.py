@@ -4,6 +4,7 @@ subprocesses, both pointed at the test database."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -92,25 +93,29 @@ def _stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
-def live_server_url(django_db_setup, fake_telegram, tmp_path_factory) -> Iterator[str]:
-    """afhost served by daphne in a subprocess, as in production."""
+SERVERS = {
+    "daphne": ["daphne", "-b", "127.0.0.1", "-p", "{port}", "afhost.asgi:application"],
+    "uvicorn": [
+        "uvicorn",
+        "afhost.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--no-access-log",
+    ],
+}
+
+
+@contextlib.contextmanager
+def _serve(env: dict[str, str], log: Path, server: str = "daphne") -> Iterator[str]:
+    """afhost served by daphne (or uvicorn) in a subprocess of its own session; its URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "afhost.asgi:application",
-            ],
+            [sys.executable, "-m", *(arg.format(port=port) for arg in SERVERS[server])],
             cwd=ROOT,
-            env=_child_env(fake_telegram),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -123,10 +128,35 @@ def live_server_url(django_db_setup, fake_telegram, tmp_path_factory) -> Iterato
             break
         except httpx.TransportError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not start:\n{log.read_text()}") from None
+                _stop(process)
+                raise RuntimeError(f"{server} did not start:\n{log.read_text()}") from None
             time.sleep(0.1)
-    yield url
-    _stop(process)
+    try:
+        yield url
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, fake_telegram, tmp_path_factory) -> Iterator[str]:
+    """afhost served by daphne in a subprocess, as in production."""
+    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
+    with _serve(_child_env(fake_telegram), log) as url:
+        yield url
+
+
+@pytest.fixture
+def live_server_factory(django_db_setup, fake_telegram, tmp_path) -> Iterator[Callable[..., str]]:
+    """Start live servers of the test's own (daphne, or uvicorn as in production), with
+    settings of their own; their URLs."""
+    numbers = itertools.count()
+    with contextlib.ExitStack() as servers:
+
+        def make(server: str = "daphne", **env: str) -> str:
+            log = tmp_path / f"{server}-{next(numbers)}.log"
+            return servers.enter_context(_serve({**_child_env(fake_telegram), **env}, log, server))
+
+        yield make
 
 
 class Cluster:

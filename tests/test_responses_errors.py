@@ -80,6 +80,13 @@ def _error(response, status):
         (b'{"input": "a\\u0000b"}', None, "invalid_value"),
         (b'{"input": "hi", "metadata": {"k": "\\ud800"}}', None, "invalid_value"),
         ({"input": "hi", "model": "m" * 201}, "model", "invalid_value"),
+        # At most AFHOST_MAX_INPUT_ITEMS (2048) input items and content parts together.
+        ({"input": [{"role": "user", "content": "x"}] * 2049}, "input", "array_above_max_length"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": "x"}] * 2048}]},
+            "input",
+            "array_above_max_length",
+        ),
         (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "invalid_json"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_data": "é"}]}]},

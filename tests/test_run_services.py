@@ -210,6 +210,46 @@ def test_history_follows_the_chain_of_previous_runs(queued_run, request_factory)
     assert len(conversation_history(run=started.run)) == 5
 
 
+@pytest.fixture
+def two_turns(queued_run, settings):
+    """Two finished turns, and a history budget that holds the second of them alone."""
+    first = queued_run("one")
+    tasks.execute_run(first.pk)
+    second = queued_run("two", previous_run_id=first.public_id)
+    tasks.execute_run(second.pk)
+    settings.AFHOST_MAX_HISTORY_BYTES = Run.objects.get(pk=second.pk).messages_size
+    return second
+
+
+def test_history_over_the_budget_loses_its_oldest_runs(two_turns, request_factory):
+    # when
+    started = services.start_run(
+        request=request_factory("three", previous_run_id=two_turns.public_id)
+    )
+
+    # then
+    assert [m.text for m in started.messages if m.role == "user"] == ["two", "three"]
+
+
+def test_a_background_run_that_may_not_truncate_an_over_long_history_fails(two_turns, queued_run):
+    # given
+    run = queued_run(
+        "three", previous_run_id=two_turns.public_id, truncation="disabled", stream=True
+    )
+
+    # when
+    tasks.execute_run(run.pk)
+
+    # then: failed before its target ran, and its stream says so
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.error["code"] == "invalid_prompt"
+    assert "context window" in run.error["message"]
+    last = RunEvent.objects.filter(run=run).order_by("sequence_number").last()
+    assert last.data["type"] == "response.failed"
+    assert run.lease_owner == ""
+
+
 def test_the_sweeper_requeues_runs_the_queue_lost_and_fails_abandoned_ones(
     queued_run, django_capture_on_commit_callbacks
 ):
@@ -319,3 +359,18 @@ def test_a_target_slower_than_the_run_timeout_fails_its_run(queued_run, settings
     assert run.status == Run.Status.FAILED
     assert run.error["message"] == "The agent took too long to answer."
     assert "AFHOST_RUN_TIMEOUT" in run.error_detail
+
+
+def test_a_foreground_run_whose_web_process_died_is_failed_by_the_sweeper(request_factory, db):
+    # given: a blocking create in progress, then its web process stopped renewing the lease
+    started = services.start_run(request=request_factory("sleep 30"))
+    Run.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    # when
+    counts = services.sweep_runs()
+
+    # then
+    assert counts == (0, 1)
+    run = Run.objects.get(pk=started.run.pk)
+    assert run.status == Run.Status.FAILED
+    assert run.error["message"] == "The run was interrupted before it finished."

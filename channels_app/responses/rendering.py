@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any, get_args
 
 from agent_framework import AgentResponseUpdate, Content, Message
+from django.conf import settings
 from openai.types.responses import (
     Response,
     ResponseCompletedEvent,
@@ -111,6 +114,7 @@ def _response(
         user=attributes.get("user"),
         safety_identifier=attributes.get("safety_identifier"),
         store=run.is_stored,
+        truncation=run.truncation,
         usage=_usage(usage) if usage and status in Run.TERMINAL_STATUSES else None,
         error=error if status == Run.Status.FAILED else None,
         incomplete_details={"reason": finish_reason}
@@ -443,11 +447,50 @@ class ResponsesRenderer:
         return events
 
 
-async def sse_stream(batches: AsyncIterator[list[dict]]) -> AsyncIterator[str]:
-    """Batches of events as SSE text; a comment first, so headers go out at once under daphne."""
+KEEP_ALIVE = ": keep-alive\n\n"
+_END = object()
+
+
+async def sse_stream(batches: AsyncGenerator[list[dict], None]) -> AsyncIterator[str]:
+    """Batches of events as SSE text; a comment first, so headers go out at once under daphne,
+    and another whenever AFHOST_SSE_KEEPALIVE seconds pass without an event, so that proxies
+    do not cut a stream whose run is quiet.
+
+    The batches are produced by a task of their own, so waiting for the next one can time out
+    without interrupting it; if the client goes away, the task is cancelled and the batches
+    closed before the response ends (a foreground run is then stored as cancelled).
+    """
     yield ": stream open\n\n"
-    async for events in batches:
-        yield sse(events)
+    handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
+    producer = asyncio.create_task(_produce(batches, handoff))
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(settings.AFHOST_SSE_KEEPALIVE):
+                    item = await handoff.get()
+            except TimeoutError:
+                yield KEEP_ALIVE
+                continue
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield sse(item)
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+
+
+async def _produce(batches: AsyncGenerator[list[dict], None], handoff: asyncio.Queue) -> None:
+    async with contextlib.aclosing(batches):
+        try:
+            async for events in batches:
+                await handoff.put(events)
+        except Exception as exc:
+            await handoff.put(exc)
+            return
+    await handoff.put(_END)
 
 
 def sse(events: Iterable[dict]) -> str:

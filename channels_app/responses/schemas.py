@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent_framework import Content, Message
+from django.conf import settings
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 
 from afhost.db import storable
@@ -93,6 +94,8 @@ class CreateResponse:
     user: str | None = None
     safety_identifier: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # OpenAI's default: a history over the budget fails the create rather than losing turns.
+    truncation: str = Run.Truncation.DISABLED
 
 
 def _invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
@@ -238,7 +241,7 @@ def parse_create(body: Mapping[str, Any]) -> CreateResponse:
     for name in ("stream_options", "text", "reasoning"):
         _optional(body, name, dict, "an object")
     _include(body)
-    _choice(body, "truncation", TRUNCATIONS)
+    truncation = _choice(body, "truncation", TRUNCATIONS) or Run.Truncation.DISABLED
     _choice(body, "service_tier", SERVICE_TIERS)
     _optional(body, "prompt_cache_key", str, "a string")
     model = _optional(body, "model", str, "a string") or ""
@@ -257,6 +260,7 @@ def parse_create(body: Mapping[str, Any]) -> CreateResponse:
         user=_optional(body, "user", str, "a string"),
         safety_identifier=_optional(body, "safety_identifier", str, "a string"),
         options={key: value for key, value in options.items() if value is not None},
+        truncation=truncation,
     )
 
 
@@ -321,6 +325,23 @@ def parse_input(value: Any) -> list[Message]:
         raise _type_error("input", "a string or an array", value)
     if not value:
         raise _invalid("input", "expected at least one item.", code="empty_array")
+    # What a request costs to parse, store and hand the target grows with its items and their
+    # content parts: both count against one limit, checked before any of them is built.
+    limit = settings.AFHOST_MAX_INPUT_ITEMS
+    count = len(value)
+    for item in value:
+        if count > limit:
+            break
+        if isinstance(item, dict) and isinstance(content := item.get("content"), list):
+            count += len(content)
+    if count > limit:
+        raise ApiError(
+            400,
+            f"Invalid 'input': too many items. Expected at most {limit} input items and "
+            "content parts together.",
+            param="input",
+            code="array_above_max_length",
+        )
     return [_input_item(item, f"input[{index}]") for index, item in enumerate(value)]
 
 

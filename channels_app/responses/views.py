@@ -3,13 +3,14 @@ stream), cancel, delete, input items."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from afhost import execution, selectors, services
-from afhost.exceptions import ConversationBusy, InvalidRunState, RunNotFound
+from afhost.db import in_thread
+from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.models import Run
 from afhost.types import ChannelRequest
 from channels_app import turns
@@ -72,16 +73,32 @@ def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelReques
         attributes={key: value for key, value in attributes.items() if value is not None},
         previous_run_id=previous_run_id,
         conversation_key=conversation_key,
+        truncation=params.truncation,
     )
+
+
+# Bodies larger than this are parsed, and their runs prepared, in a pool thread: the work grows
+# with the body, and on the event loop it would hold up every other request meanwhile.
+INLINE_BODY_BYTES = 64 * 1024
+
+
+def _parse_create(body: bytes, caller: ApiCaller) -> tuple[CreateResponse, ChannelRequest]:
+    params = parse_create(parse_body(body))
+    return params, _channel_request(params, caller)
 
 
 @api_endpoint("POST")
 async def response_create(request: HttpRequest) -> HttpResponse:
     """Create a response: blocking (JSON), streamed (SSE), or queued for a worker (background)."""
     caller = await authenticate(request.headers)
-    params = parse_create(parse_body(request.body))
+    body = request.body
+    large = len(body) > INLINE_BODY_BYTES
+    if large:
+        params, channel_request = await asyncio.to_thread(_parse_create, body, caller)
+    else:
+        params, channel_request = _parse_create(body, caller)
     try:
-        turn = await turns.start_turn(_channel_request(params, caller))
+        turn = await turns.start_turn(channel_request, large=large)
     except RunNotFound:
         raise not_found(
             "Previous response", params.previous_response_id, param="previous_response_id"
@@ -101,6 +118,10 @@ async def response_create(request: HttpRequest) -> HttpResponse:
             param="conversation",
             code="conversation_locked",
         ) from None
+    except HistoryTooLong:
+        raise ApiError(
+            400, services.HISTORY_TOO_LONG, param="input", code="context_length_exceeded"
+        ) from None
     if params.stream:
         return _event_stream(turn.stream())
     if params.background:
@@ -113,8 +134,10 @@ async def _visible_run(caller: ApiCaller, response_id: str) -> Run:
     try:
         if public_id is None:
             raise RunNotFound("malformed id")
-        return await sync_to_async(selectors.get_visible_run)(
-            isolation_key=caller.identity.isolation_key, public_id=public_id
+        return await in_thread(
+            selectors.get_visible_run,
+            isolation_key=caller.identity.isolation_key,
+            public_id=public_id,
         )
     except RunNotFound:
         raise not_found("Response", response_id, param="response_id") from None
@@ -126,7 +149,7 @@ async def response_detail(request: HttpRequest, response_id: str) -> HttpRespons
     run = await _visible_run(caller, response_id)
     if request.method == "DELETE":
         try:
-            await sync_to_async(services.delete_run)(run=run)
+            await in_thread(services.delete_run, run=run)
         except InvalidRunState:
             raise ApiError(
                 400, "Cannot delete an in-flight response.", code="response_in_flight"
@@ -162,7 +185,7 @@ async def response_cancel(request: HttpRequest, response_id: str) -> HttpRespons
     caller = await authenticate(request.headers)
     run = await _visible_run(caller, response_id)
     try:
-        run = await sync_to_async(services.cancel_run)(run=run)
+        run = await in_thread(services.cancel_run, run=run)
     except InvalidRunState as exc:
         raise ApiError(
             400,

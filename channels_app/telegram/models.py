@@ -96,9 +96,11 @@ class TelegramUpdate(TimestampedModel):
     def __str__(self) -> str:
         return f"update {self.update_id} ({self.status})"
 
-    def finish(self, *, status: str, error: str = "") -> None:
+    def finish(self, *, status: str, error: str = "", sent_parts: int | None = None) -> None:
         now = timezone.now()
         fields = {"status": status, "processed_at": now, "last_error": error, "updated_at": now}
+        if sent_parts is not None:
+            fields["sent_parts"] = sent_parts
         TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
         for name, value in fields.items():
             setattr(self, name, value)

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +26,7 @@ from telegram.request import HTTPXRequest
 
 from afhost import execution, services
 from afhost.db import db_call
+from afhost.engine import in_engine
 from afhost.leases import give_back, take_lease
 from afhost.models import Run
 from afhost.types import ChannelIdentity, ChannelRequest, HostedRunResult
@@ -86,7 +88,7 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def make_bot() -> Bot:
+def make_bot(*, connections: int = 4) -> Bot:
     def http(pool_size: int) -> HTTPXRequest:
         return HTTPXRequest(connection_pool_size=pool_size, httpx_kwargs={"verify": _tls_context()})
 
@@ -94,10 +96,34 @@ def make_bot() -> Bot:
         settings.TELEGRAM_BOT_TOKEN,
         base_url=settings.TELEGRAM_API_BASE_URL,
         base_file_url=settings.TELEGRAM_API_FILE_URL,
-        # Room for the typing indicator next to a send or a download.
-        request=http(4),
+        # By default, room for the typing indicator next to a send or a download.
+        request=http(connections),
         get_updates_request=http(1),
     )
+
+
+# A worker engine's bot, shared by every chat it answers: one getMe per process, one pool of
+# connections to the Bot API.
+_engine_bots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Bot] = (
+    weakref.WeakKeyDictionary()
+)
+ENGINE_BOT_CONNECTIONS = 32
+
+
+@contextlib.asynccontextmanager
+async def _bot() -> AsyncIterator[Bot]:
+    """The bot a drain answers with: the engine's in a worker, a bot of its own elsewhere."""
+    if in_engine():
+        loop = asyncio.get_running_loop()
+        if loop not in _engine_bots:
+            _engine_bots[loop] = make_bot(connections=ENGINE_BOT_CONNECTIONS)
+        yield _engine_bots[loop]
+        return
+    bot = make_bot()
+    try:
+        yield bot
+    finally:
+        await bot.shutdown()
 
 
 def plan_message(
@@ -239,7 +265,7 @@ def _link_run(update: TelegramUpdate) -> Callable[[Run], None]:
 async def _answer_with_agent(
     bot: Bot, update: TelegramUpdate, message: TgMessage, turn: AgentTurn, target: ReplyTarget
 ) -> str | None:
-    run = await db_call(lambda: update.run)()
+    run = None if update.run_id is None else await db_call(lambda: update.run)()
     if run is None:
         media, note = await _media(bot, message)
         text = " ".join(part for part in (turn.text, note) if part)
@@ -339,15 +365,21 @@ async def _send_part(bot: Bot, target: ReplyTarget, part: OutgoingText, *, first
 
 
 async def _send_reply(bot: Bot, update: TelegramUpdate, target: ReplyTarget, text: str) -> None:
-    """Send the reply's parts, skipping those an earlier attempt already delivered."""
-    for index, part in enumerate(render_reply(text)):
+    """Send the reply's parts, skipping those an earlier attempt already delivered.
+
+    Each part sent is recorded before the next goes out; the last is recorded with the update's
+    end (TelegramUpdate.finish), in the same write.
+    """
+    parts = render_reply(text)
+    for index, part in enumerate(parts):
         if index < update.sent_parts:
             continue
         await _send_part(bot, target, part, first=index == 0)
         update.sent_parts = index + 1
-        await db_call(TelegramUpdate.objects.filter(pk=update.pk).update)(
-            sent_parts=update.sent_parts, updated_at=timezone.now()
-        )
+        if update.sent_parts < len(parts):
+            await db_call(TelegramUpdate.objects.filter(pk=update.pk).update)(
+                sent_parts=update.sent_parts, updated_at=timezone.now()
+            )
 
 
 async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) -> tuple[str, str]:
@@ -421,13 +453,12 @@ async def drain_chat(chat: TelegramChat) -> None:
     A failed attempt (Telegram unreachable, even for the bot's own getMe) counts against the
     update it was for.
     """
-    bot = make_bot()
-    try:
+    async with _bot() as bot:
         while (update := await db_call(next_update)(chat=chat)) is not None:
             if update.next_attempt_at > timezone.now():
                 return
             try:
-                await bot.initialize()  # once per drain: getMe
+                await bot.initialize()  # getMe, the first time
                 status, note = await handle_update(bot, chat, update)
             except Exception as exc:
                 logger.exception(
@@ -435,8 +466,6 @@ async def drain_chat(chat: TelegramChat) -> None:
                 )
                 await db_call(update.record_failure)(f"{type(exc).__name__}: {exc}")
                 return
-            await db_call(update.finish)(status=status, error=note)
+            await db_call(update.finish)(status=status, error=note, sent_parts=update.sent_parts)
             if note:
                 logger.info("telegram update %s %s: %s", update.update_id, status, note)
-    finally:
-        await bot.shutdown()
