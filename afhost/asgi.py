@@ -1,5 +1,6 @@
 """The one ASGI entry point (daphne, uvicorn): Django, with the liveness probe answered before it,
-the API routes through Django's handler without the browser middleware (afhost.handlers), and
+the machine routes (the API, Telegram's webhook) through Django's handler without the browser
+middleware (afhost.handlers), and
 the routes anyone may POST a body to (the API, Telegram's webhook) behind a gate that checks the
 caller before reading the body, and bounds it (afhost.handlers.guard)."""
 
@@ -23,7 +24,7 @@ require_runtime_settings()
 
 # Routes anyone may send a body to: the caller is checked from the headers before it is read.
 api_application = guard(ApiHandler(), ApiGate())
-telegram_webhook_application = guard(django_application, WebhookGate())
+telegram_webhook_application = guard(ApiHandler(), WebhookGate())
 TELEGRAM_WEBHOOK_PATH = reverse("channels_app:telegram_webhook")
 
 

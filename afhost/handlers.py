@@ -1,13 +1,13 @@
-"""Django's ASGI handler for the API routes, without the thread hops of the browser middleware.
+"""Django's ASGI handler for machine routes, without the thread hops of the browser middleware.
 
 In async mode every one of Django's own middlewares hops to a thread and back for each of its
 hooks, and the handler gives every request a thread of its own for them: together about a
-millisecond a request, several times what a stored create costs. API callers authenticate with
-bearer keys and need no sessions, CSRF, users or messages, so their routes go through
-ApiHandler: the same URLconf, views, request handling, host check, body limit and error
-handling as every other route, with only API_MIDDLEWARE, Django's security, common and
-clickjacking middleware (the same response headers as every other route), whose hooks do no
-I/O and so are called on the event loop.
+millisecond a request, several times what a stored create costs. Machine callers (API clients
+with bearer keys, Telegram with its webhook secret) need no sessions, CSRF, users or messages,
+so their routes go through ApiHandler: the same URLconf, views, request handling, host check,
+body limit and error handling as every other route, with only API_MIDDLEWARE, Django's
+security, common and clickjacking middleware (the same response headers as every other route),
+whose hooks do no I/O and so are called on the event loop.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ import json
 import logging
 from collections.abc import Mapping
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from afhost.db import db_call
 from afhost.handlers import declared_length
 from channels_app.decorators import require_setting
 from channels_app.telegram.services import InvalidUpdate, receive_update
@@ -71,7 +71,7 @@ async def telegram_webhook(request: HttpRequest) -> HttpResponse:
         payload = json.loads(request.body)
         if not isinstance(payload, dict):
             raise InvalidUpdate("an update is a JSON object")
-        await sync_to_async(receive_update)(payload=payload)
+        await db_call(receive_update)(payload=payload)
     except RequestDataTooBig as exc:
         logger.warning("oversized telegram update rejected: %s", exc)
         return JsonResponse({"ok": False, "description": "Update too large"}, status=413)
