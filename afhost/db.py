@@ -15,21 +15,27 @@ T = TypeVar("T")
 
 
 async def in_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run sync database work in a pool thread and hand its connection back afterwards.
+    """Run sync database work in a pool thread, giving a pooled connection back afterwards.
 
     Unlike a thread-sensitive hop, calls from concurrent requests run side by side (each on a
-    connection of its own, from the pool on PostgreSQL), so one slow query does not queue every
-    other request behind it; and no connection outlives the call, which matters where Django's
-    request handling is not there to close it (the create endpoint, long-running commands).
+    connection of its own), so one slow query does not queue every other request behind it. On
+    PostgreSQL no connection outlives the call (it goes back to the pool), which matters where
+    Django's request handling is not there to close it; a SQLite connection stays with its thread
+    (opening one costs more than most queries), and one that broke is closed.
     """
 
     def call() -> T:
         try:
             return function(*args, **kwargs)
         finally:
-            connections.close_all()
+            for connection in connections.all(initialized_only=True):
+                if connection.settings_dict["OPTIONS"].get("pool") or (
+                    connection.errors_occurred and not connection.is_usable()
+                ):
+                    connection.close()
 
-    return await sync_to_async(call, thread_sensitive=False)()
+    # Not through a copied context (sync_to_async's): a thread's connection lives in its own.
+    return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 # The worker engine's database threads, in a worker process (afhost.engine).

@@ -122,6 +122,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # Opening a SQLite connection (with those pragmas) costs more than most queries: threads keep
+    # theirs (django-q2's broker would otherwise reopen one for every task it queues).
+    DATABASES["default"]["CONN_MAX_AGE"] = None
 if _IS_CLUSTER:
     # django-q2's broker closes stale connections before every queue operation: with connections
     # closed after each use, that is a new connection per dequeue and per acknowledgement (some 30
