@@ -146,8 +146,14 @@ class Gate(Protocol):
 
 
 def request_headers(scope: dict) -> dict[str, str]:
-    """A request's headers, names in lower case (as ASGI gives them)."""
-    return {name.decode("latin1"): value.decode("latin1") for name, value in scope["headers"]}
+    """A request's headers, names in lower case (as ASGI gives them); a repeated header's values
+    joined with commas, as Django joins them, so that a repeated credential is never read as
+    one of its values."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name, value = raw_name.decode("latin1"), raw_value.decode("latin1")
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    return headers
 
 
 def declared_length(headers: Mapping[str, str]) -> int | None:

@@ -209,3 +209,47 @@ def test_a_host_outside_allowed_hosts_is_refused(post):
     # then
     assert _error(response, 400)["code"] == "invalid_host"
     assert Run.objects.exists() is False
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [("/v1/responses", "POST"), ("/v1/responses/resp_0123", "GET"), ("/responses", "POST")],
+)
+def test_a_repeated_credential_header_is_refused_on_every_route(
+    live_server_url, api_key_factory, live_db, path, method
+):
+    # given: a good key and a bad one, in two Authorization headers, in either order
+    _, good = api_key_factory()
+    for first, second in ((good, "afh_bad"), ("afh_bad", good)):
+        # when
+        response = httpx.request(
+            method,
+            f"{live_server_url}{path}",
+            json={"input": "hi"},
+            headers=[("Authorization", f"Bearer {first}"), ("Authorization", f"Bearer {second}")],
+        )
+
+        # then
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_repeated_user_header_is_refused(live_server_url, api_key_factory, live_db):
+    # given
+    _, trusted = api_key_factory(is_trusted=True)
+
+    # when
+    response = httpx.post(
+        f"{live_server_url}/v1/responses",
+        json={"input": "hi"},
+        headers=[
+            ("Authorization", f"Bearer {trusted}"),
+            ("x-agent-user-id", "mallory"),
+            ("x-agent-user-id", "alice"),
+        ],
+    )
+
+    # then
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "x-agent-user-id"
+    assert Run.objects.exists() is False
