@@ -220,6 +220,9 @@ Q_CLUSTER = {
     # A worker that died mid-task gets its task redelivered once; the run then reports the loss.
     "max_attempts": 2,
     "poll": env_float("AFHOST_QUEUE_POLL", 0.1),
+    # Tasks a worker takes from the queue per look: a burst is handed out in fewer round trips.
+    # A task taken by a worker that then dies is recovered by the sweepers, not by the queue.
+    "bulk": 10,
     "catch_up": False,
     # The rows are the truth: successful tasks (nearly all) are not stored again; failed ones are.
     "save_limit": -1,
