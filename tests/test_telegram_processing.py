@@ -465,34 +465,6 @@ def test_telegram_unreachable_when_the_bot_starts_counts_as_a_failed_attempt(
     assert telegram_api.sent_texts(PRIVATE) == []
 
 
-def test_a_turn_whose_worker_died_is_run_again_and_answered_once(
-    telegram_inbox, telegram_api, telegram_update
-):
-    # given: a worker started the turn, then died (its leases ran out)
-    telegram_inbox.post(telegram_update("private_text", text="sleep 0.1"))
-    update = TelegramUpdate.objects.get()
-    with (
-        mock.patch("channels_app.telegram.processing.execution.run_blocking", side_effect=_die),
-        pytest.raises(_WorkerDied),
-    ):
-        telegram_inbox.process()
-    past = timezone.now() - timedelta(seconds=1)
-    Run.objects.update(lease_expires_at=past)
-    Conversation.objects.update(lease_expires_at=past)
-    assert Run.objects.get().status == "in_progress"
-
-    # when: the sweeper hands the chat to a worker again
-    TelegramChat.objects.update(lease_owner="dead", lease_expires_at=past)
-    assert telegram_inbox.sweep() == 1
-    telegram_inbox.process()
-
-    # then: the same run, answered once, the interruption counted
-    update.refresh_from_db()
-    assert (update.status, update.attempts) == ("processed", 1)
-    assert telegram_api.sent_texts(PRIVATE) == ["done sleeping"]
-    assert Run.objects.get().status == "completed"
-
-
 class _WorkerDied(BaseException):
     """Stands for the process ending mid-turn: nothing after it runs."""
 
@@ -501,11 +473,9 @@ async def _die(started):
     raise _WorkerDied
 
 
-def test_a_turn_whose_workers_keep_dying_is_answered_with_a_failure_in_the_end(
-    telegram_inbox, telegram_api, telegram_update
-):
-    # given: a turn whose run is still in progress after its last allowed attempt
-    telegram_inbox.post(telegram_update("private_text", text="sleep 0.1"))
+def _start_a_turn_and_die(telegram_inbox, payload) -> None:
+    """A worker starts the turn, then dies: its leases on the run, conversation and chat ran out."""
+    telegram_inbox.post(payload)
     with (
         mock.patch("channels_app.telegram.processing.execution.run_blocking", side_effect=_die),
         pytest.raises(_WorkerDied),
@@ -513,7 +483,33 @@ def test_a_turn_whose_workers_keep_dying_is_answered_with_a_failure_in_the_end(
         telegram_inbox.process()
     past = timezone.now() - timedelta(seconds=1)
     Run.objects.update(lease_expires_at=past)
+    Conversation.objects.update(lease_expires_at=past)
     TelegramChat.objects.update(lease_owner="dead", lease_expires_at=past)
+
+
+def test_a_turn_whose_worker_died_is_run_again_and_answered_once(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given
+    _start_a_turn_and_die(telegram_inbox, telegram_update("private_text", text="sleep 0.1"))
+    assert Run.objects.get().status == "in_progress"
+
+    # when: the sweeper hands the chat to a worker again
+    assert telegram_inbox.sweep() == 1
+    telegram_inbox.process()
+
+    # then: the same run, answered once, the interruption counted
+    update = TelegramUpdate.objects.get()
+    assert (update.status, update.attempts) == ("processed", 1)
+    assert telegram_api.sent_texts(PRIVATE) == ["done sleeping"]
+    assert Run.objects.get().status == "completed"
+
+
+def test_a_turn_whose_workers_keep_dying_is_answered_with_a_failure_in_the_end(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given: a turn whose run is still in progress after its last allowed attempt
+    _start_a_turn_and_die(telegram_inbox, telegram_update("private_text", text="sleep 0.1"))
     TelegramUpdate.objects.update(attempts=TelegramUpdate.MAX_ATTEMPTS - 1)
 
     # when
