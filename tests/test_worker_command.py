@@ -3,11 +3,14 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 
+import httpx
 import pytest
 
 from afhost.models import Run
+from tests.conftest import ROOT, _child_env, _free_port
 
 
 def _group_alive(pgid):
@@ -70,3 +73,57 @@ def test_a_worker_told_to_stop_finishes_its_turns_first(client, cluster_factory)
     # then
     assert _stopped_within(cluster, 10)
     assert client.responses.retrieve(created.id).status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [
+        (signal.SIGINT, True),  # Ctrl-C on `make run` in a terminal
+        (signal.SIGTERM, True),
+        (signal.SIGTERM, False),
+    ],
+)
+def test_the_run_script_stops_server_and_worker_within_ten_seconds(
+    fake_telegram, django_db_setup, signum, to_group
+):
+    # given: what `make run` starts, both running
+    env = {**_child_env(fake_telegram), "PY": sys.executable, "PORT": str(_free_port())}
+    script = subprocess.Popen(
+        ["bash", "scripts/run.sh"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not _serving(env["PORT"]) or not _has_worker(script.pid):
+        assert time.monotonic() < deadline, "server and worker did not start"
+        time.sleep(0.2)
+
+    # when
+    if to_group:
+        os.killpg(script.pid, signum)
+    else:
+        os.kill(script.pid, signum)
+
+    # then
+    deadline = time.monotonic() + 10
+    while script.poll() is None or _group_alive(script.pid):
+        if time.monotonic() > deadline:
+            os.killpg(script.pid, signal.SIGKILL)
+            pytest.fail("server or worker still running 10 s after the signal")
+        time.sleep(0.1)
+
+
+def _serving(port):
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def _has_worker(pgid):
+    ps = subprocess.run(["ps", "-o", "args=", "-g", str(pgid)], capture_output=True, text=True)
+    return "manage.py worker" in ps.stdout
