@@ -118,14 +118,17 @@ async def run_blocking(started: StartedRun) -> Run:
     if writes:
         run_writer.start(started)
     try:
-        result = await invoke(run=run, messages=started.messages)
-    except asyncio.CancelledError:
-        await asyncio.shield(_finish(started, CANCELLED, [], writes=writes))
-        logger.info("run %s: the caller went away; run cancelled", run.public_id)
-        raise
-    services.assign_message_ids(result.messages)
-    output_items = get_channel(run.channel).render_output(result.messages)
-    await _finish(started, result, output_items, writes=writes)
+        try:
+            result = await invoke(run=run, messages=started.messages)
+        except asyncio.CancelledError:
+            await asyncio.shield(_finish(started, CANCELLED, [], writes=writes))
+            logger.info("run %s: the caller went away; run cancelled", run.public_id)
+            raise
+        services.assign_message_ids(result.messages)
+        output_items = get_channel(run.channel).render_output(result.messages)
+        await _finish(started, result, output_items, writes=writes)
+    finally:
+        started.let_go()
     return run
 
 
@@ -161,16 +164,23 @@ async def stream_foreground_run(started: StartedRun) -> AsyncIterator[list[dict]
         finished = True
         yield events
     finally:
-        if not finished:
-            await asyncio.shield(run_writer.finish(started, CANCELLED, renderer.output_items))
-            logger.info("run %s: the client went away; run cancelled", run.public_id)
+        try:
+            if not finished:
+                await asyncio.shield(run_writer.finish(started, CANCELLED, renderer.output_items))
+                logger.info("run %s: the client went away; run cancelled", run.public_id)
+        finally:
+            started.let_go()
 
 
 async def run_background(run_id: int) -> None:
     """A worker's job for a queued background run: wait for its conversation, claim it, drive it."""
     started = await wait_for_turn(lambda: services.begin_background_run(run_id=run_id))
-    if started is not None:
+    if started is None:
+        return
+    try:
         await drive_background_run(started)
+    finally:
+        started.let_go()
 
 
 async def drive_background_run(started: StartedRun) -> None:

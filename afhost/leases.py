@@ -64,7 +64,7 @@ def give_back(
 
     False, changing nothing, if the lease was no longer ours or the row no longer matches.
     """
-    keeper.forget(model, pk)
+    keeper.forget(model, pk, owner)
     changes.setdefault("updated_at", timezone.now())
     return bool(
         model.objects.filter(where or Q(), pk=pk, lease_owner=owner).update(
@@ -95,9 +95,11 @@ class LeaseKeeper:
                 )
                 self._thread.start()
 
-    def forget(self, model: type[LeasedModel], pk: int) -> None:
+    def forget(self, model: type[LeasedModel], pk: int, owner: str) -> None:
+        """Stop renewing this lease (not one taken on the row since, by another turn)."""
         with self._lock:
-            self._held.pop((model, pk), None)
+            if self._held.get((model, pk), ("",))[0] == owner:
+                del self._held[model, pk]
 
     def held(self) -> dict[tuple[type[LeasedModel], int], str]:
         """The leases to renew now, forgetting those whose holder is gone."""

@@ -62,6 +62,16 @@ class StartedRun:
     # The lease on the run's conversation, held from reading its head to moving it on.
     conversation_lease: str = ""
 
+    def let_go(self) -> None:
+        """Stop renewing the turn's leases: called when it ends, however it ends. Leases a turn
+        that failed (the database gone mid-turn) could not give back run out, and its run is
+        then failed by the sweeper, or run again by its channel, instead of staying held by a
+        live process."""
+        if self.run.pk is not None and self.run.lease_owner:
+            keeper.forget(Run, self.run.pk, self.run.lease_owner)
+        if self.conversation_lease:
+            keeper.forget(Conversation, self.run.conversation_id, self.conversation_lease)
+
 
 @dataclass(frozen=True, slots=True)
 class _Continuation:

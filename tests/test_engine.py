@@ -82,7 +82,7 @@ def test_a_lease_left_to_expire_by_a_dead_process_can_be_taken():
     # given
     conversation = Conversation.objects.create(channel="c", isolation_key="k", key="1")
     dead = take_lease(Conversation, conversation.pk)
-    keeper.forget(Conversation, conversation.pk)  # its process died: nobody renews
+    keeper.forget(Conversation, conversation.pk, dead)  # its process died: nobody renews
     Conversation.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
 
     # when

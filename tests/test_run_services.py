@@ -5,10 +5,13 @@ from unittest import mock
 
 import pytest
 from agent_framework import Message
+from asgiref.sync import async_to_sync
+from django.db import OperationalError
 from django.utils import timezone
 
-from afhost import services, tasks
+from afhost import execution, services, tasks
 from afhost.exceptions import ConversationBusy, InvalidRunState
+from afhost.leases import keeper
 from afhost.models import Conversation, Run, RunEvent
 from afhost.selectors import conversation_history
 from afhost.types import ChannelIdentity, ChannelRequest, HostedRunResult
@@ -374,3 +377,43 @@ def test_a_foreground_run_whose_web_process_died_is_failed_by_the_sweeper(reques
     run = Run.objects.get(pk=started.run.pk)
     assert run.status == Run.Status.FAILED
     assert run.error["message"] == "The run was interrupted before it finished."
+
+
+def test_a_run_whose_outcome_cannot_be_stored_stops_being_renewed_and_ends_failed(queued_run):
+    # given: the database goes away as the run ends
+    run = queued_run()
+    with (
+        mock.patch(
+            "afhost.services.finish_run", side_effect=OperationalError("connection refused")
+        ),
+        pytest.raises(OperationalError),
+    ):
+        tasks.execute_run(run.pk)
+
+    # then: its process no longer renews the lease, which runs out ...
+    assert (Run, run.pk) not in keeper.held()
+    Run.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    # ... and the sweeper fails the run
+    assert services.sweep_runs() == (0, 1)
+    assert Run.objects.get(pk=run.pk).status == Run.Status.FAILED
+
+
+def test_a_turn_that_fails_to_end_lets_its_conversation_go(request_factory, db):
+    # given
+    started = services.start_run(request=request_factory("one", conversation_key="c1"))
+    conversation = Conversation.objects.get()
+    keeper.hold(Conversation, conversation.pk, started.conversation_lease, started)
+
+    # when: storing its outcome fails
+    with (
+        mock.patch(
+            "afhost.services.finish_run", side_effect=OperationalError("connection refused")
+        ),
+        pytest.raises(OperationalError),
+    ):
+        async_to_sync(execution.run_blocking)(started)
+
+    # then: nothing renews its leases any more; they run out, and the conversation is free again
+    assert (Conversation, conversation.pk) not in keeper.held()
+    assert (Run, started.run.pk) not in keeper.held()

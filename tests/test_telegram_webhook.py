@@ -3,6 +3,7 @@
 from unittest import mock
 
 import pytest
+from django.db import OperationalError
 
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
 
@@ -165,3 +166,19 @@ def test_an_oversized_update_is_refused_with_json(telegram_inbox, settings, capl
     assert response.json()["ok"] is False
     assert TelegramUpdate.objects.exists() is False
     assert "oversized telegram update" in caplog.text
+
+
+def test_an_update_that_finds_the_database_down_is_answered_503_to_be_retried(
+    telegram_inbox, telegram_update
+):
+    # when
+    with mock.patch(
+        "channels_app.telegram.views.receive_update",
+        side_effect=OperationalError("connection failed: Connection refused"),
+    ):
+        response = telegram_inbox.post(telegram_update("private_text"))
+
+    # then
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.json()["ok"] is False

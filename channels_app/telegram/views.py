@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -80,6 +81,11 @@ async def telegram_webhook(request: HttpRequest) -> HttpResponse:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         logger.warning("malformed telegram update rejected: %s", reason)
         return JsonResponse({"ok": False, "description": f"Malformed update: {reason}"}, status=400)
+    except (OperationalError, InterfaceError) as exc:  # the database is down or unreachable
+        logger.warning("telegram update not stored, the database is unavailable (%s): 503", exc)
+        response = JsonResponse({"ok": False, "description": "Unavailable, retry"}, status=503)
+        response["Retry-After"] = "1"
+        return response
     except Exception:
         logger.exception("telegram update not stored: answering 500 so that Telegram retries it")
         return JsonResponse({"ok": False, "description": "Internal error"}, status=500)
