@@ -242,10 +242,11 @@ async def _connection(port: int, todo: deque[Sample], stream) -> None:
     try:
         while todo:
             sample = todo.popleft()
-            if writer is None:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            sample.acked_at, sample.status, sample.error = 0.0, 0, ""  # a re-post starts afresh
             sample.sent_at = time.monotonic()
             try:
+                if writer is None:  # a refused connection is that update's failure, as below
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(webhook_request(port, sample.body))
                 status, body, close = await asyncio.wait_for(read_response(reader), REQUEST_TIMEOUT)
             except (OSError, EOFError, ValueError, TimeoutError) as exc:
@@ -254,7 +255,7 @@ async def _connection(port: int, todo: deque[Sample], stream) -> None:
                 sample.acked_at, sample.status = time.monotonic(), status
                 if status != 200 or json.loads(body or b"{}").get("ok") is not True:
                     sample.error = body[:200].decode(errors="replace")
-            if close:
+            if close and writer is not None:
                 writer.close()
                 reader = writer = None
     finally:
