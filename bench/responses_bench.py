@@ -52,9 +52,9 @@ STREAMING_BODY = '{"model":"bench","input":"hello","stream":true}'
 EXPECTED_TEXT = "That is the first thing you told me."
 MODES = ("blocking", "streaming")
 TARGETS = ("afhost", "bare", "microsoft")
-# The issue's targets, for stored blocking creates on one process.
-TARGET_VS_MICROSOFT = 2.0
-TARGET_VS_BARE = 1 / 3
+# The issues' target for stored blocking creates on one process (the bare endpoint's, a third
+# of its rate, was withdrawn: it does no work; its ratio is still shown).
+TARGET_VS_MICROSOFT = 2.5
 LABEL_WIDTH = 34
 
 
@@ -649,7 +649,7 @@ def report(results: list[Result], labels: dict[str, str]) -> dict:
     by_key = {(r.target, r.mode, r.round): r for r in results}
     rounds = sorted({r.round for r in results})
     for mode in MODES:
-        for other, target in (("microsoft", TARGET_VS_MICROSOFT), ("bare", TARGET_VS_BARE)):
+        for other, target in (("microsoft", TARGET_VS_MICROSOFT), ("bare", None)):
             pairs = [
                 (by_key.get(("afhost", mode, n)), by_key.get((other, mode, n))) for n in rounds
             ]
@@ -662,7 +662,7 @@ def report(results: list[Result], labels: dict[str, str]) -> dict:
             line = f"ours / {other:9} {mode:9} req/s: {ratio:6.2f}x"
             line += f"  (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
             verdict = None
-            if mode == "blocking":
+            if mode == "blocking" and target is not None:
                 verdict = "PASS" if ratio >= target else "FAIL"
                 line += f"   target >= {target:.2f}x: {verdict}"
             print(line)
