@@ -188,3 +188,36 @@ def test_requests_within_the_limits_pass_the_gates(guarded_url, raw_api_key, tel
     assert created.json()["status"] == "completed"
     assert update.status_code == 200
     assert update.json() == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    "input_value",
+    [
+        [{"role": "user", "content": "x"}] * 300_000,  # the 9.7 MB create that froze a process
+        [1] * 300_000,  # values without a container each
+    ],
+)
+def test_a_body_of_far_too_many_values_is_refused_before_it_is_parsed(
+    transactional_db, api_key_factory, input_value
+):
+    # given
+    _, raw_key = api_key_factory()
+    body = json.dumps({"model": "demo", "input": input_value})
+
+    # when
+    with mock.patch("channels_app.responses.schemas.json.loads") as loads:
+        response = asyncio.run(
+            AsyncClient().post(
+                "/v1/responses",
+                body,
+                content_type="application/json",
+                headers={"Authorization": f"Bearer {raw_key}"},
+            )
+        )
+
+    # then
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "array_above_max_length"
+    assert response.json()["error"]["param"] == "input"
+    loads.assert_not_called()
+    assert Run.objects.exists() is False

@@ -87,7 +87,9 @@ def _error(response, status):
             "input",
             "array_above_max_length",
         ),
-        (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "invalid_json"),
+        # 100,000 arrays are refused from their count, before the parser meets their depth
+        (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "input", "array_above_max_length"),
+        (b'{"input": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", None, "invalid_json"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_data": "é"}]}]},
             "input[0].content[0].file_data",
