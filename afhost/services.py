@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from agent_framework import Message
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, Subquery
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -112,9 +112,11 @@ def _lease_conversation(conversation: Conversation) -> _Continuation:
     lease = take_lease(Conversation, conversation.pk)
     if not lease:
         raise ConversationBusy("another turn is in this conversation", param="conversation")
-    # Read under the lease: the head the previous turn left.
-    conversation.refresh_from_db(fields=["head_run"])
-    return _Continuation(previous=conversation.head_run, conversation=conversation, lease=lease)
+    # Read under the lease: the head the previous turn left (its id; its messages are read with
+    # the history, within its budget).
+    head = Conversation.objects.filter(pk=conversation.pk).values("head_run_id")
+    previous = Run.objects.only("pk").filter(pk=Subquery(head)).first()
+    return _Continuation(previous=previous, conversation=conversation, lease=lease)
 
 
 def _new_run(request: ChannelRequest, continuation: _Continuation, **fields) -> Run:

@@ -183,11 +183,18 @@ def _author(message: TgMessage) -> ChannelIdentity:
 
 @transaction.atomic
 def _record_member(chat: TelegramChat, identity: Identity) -> None:
-    member, _ = TelegramChatMember.objects.get_or_create(chat=chat, identity=identity)
     now = timezone.now()
-    TelegramChatMember.objects.filter(pk=member.pk).update(
+    counted = TelegramChatMember.objects.filter(chat=chat, identity=identity).update(
         message_count=F("message_count") + 1, last_message_at=now, updated_at=now
     )
+    if not counted:  # their first message here
+        member, created = TelegramChatMember.objects.get_or_create(
+            chat=chat, identity=identity, defaults={"message_count": 1, "last_message_at": now}
+        )
+        if not created:  # a message in another worker got there first
+            TelegramChatMember.objects.filter(pk=member.pk).update(
+                message_count=F("message_count") + 1, last_message_at=now, updated_at=now
+            )
     if chat.blocked_at:
         TelegramChat.objects.filter(pk=chat.pk).update(
             blocked_at=None, blocked_reason="", updated_at=now
