@@ -26,6 +26,7 @@ from django.urls import reverse
 from django_q.models import OrmQ
 from openai import AsyncOpenAI, OpenAI
 
+from afhost.leases import keeper
 from afhost.models import ApiKey, Run
 from afhost.services import create_api_key
 from channels_app import tasks
@@ -52,6 +53,15 @@ def _close_connection_pools(django_db_setup, django_db_blocker) -> Iterator[None
                 "pool"
             ):
                 connection.close_pool()
+
+
+@pytest.fixture(autouse=True)
+def _forget_leases() -> Iterator[None]:
+    """Leases a test took on rows its transaction rolls back are not renewed in later tests (nor
+    after the test database is dropped)."""
+    yield
+    for (model, pk), owner in keeper.held().items():
+        keeper.forget(model, pk, owner)
 
 
 @pytest.fixture(scope="session")
