@@ -47,8 +47,6 @@ class Engine:
         self._slots = threading.BoundedSemaphore(concurrency)
         self._loop = asyncio.new_event_loop()
         self._running: set[asyncio.Task] = set()
-        self._idle = threading.Event()
-        self._idle.set()
         self._stopping = asyncio.Event()
         self._thread = threading.Thread(target=self._serve, name="afhost-engine", daemon=True)
         self.db_threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="afhost-db")
@@ -70,16 +68,11 @@ class Engine:
         if not self._slots.acquire(timeout=wait):
             logger.warning("engine full for %.0f s: %s not admitted", wait, name)
             return False
-        self._idle.clear()
         self._loop.call_soon_threadsafe(self._start_job, job, name)
         return True
 
     def owns_current_loop(self) -> bool:
         return asyncio.get_running_loop() is self._loop
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no job runs; False if some still did after `timeout` seconds."""
-        return self._idle.wait(timeout)
 
     def _start_job(self, job: Job, name: str) -> None:
         task = self._loop.create_task(self._guard(job, name), name=name)
@@ -96,8 +89,6 @@ class Engine:
     def _job_done(self, task: asyncio.Task) -> None:
         self._running.discard(task)
         self._slots.release()
-        if not self._running:
-            self._idle.set()
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
