@@ -263,3 +263,45 @@ for _name, _value, _allowed in (
 ):
     if _value not in _allowed:
         raise ImproperlyConfigured(f"{_name} must be one of {', '.join(_allowed)}; got {_value!r}")
+
+# --- Identity linking (Microsoft Entra ID) -----------------------------------------------------
+# Linking is on when the tenant, client id and secret are all set. ENTRA_AUTHORITY points at
+# another OpenID provider with Entra's URL layout (a local one in tests and demos).
+ENTRA_TENANT_ID = env_str("ENTRA_TENANT_ID")
+ENTRA_CLIENT_ID = env_str("ENTRA_CLIENT_ID")
+ENTRA_CLIENT_SECRET = env_secret("ENTRA_CLIENT_SECRET")
+ENTRA_AUTHORITY = env_str("ENTRA_AUTHORITY", "https://login.microsoftonline.com").rstrip("/")
+# Where people reach this server (link pages in chat messages): scheme and host, no path.
+AFHOST_PUBLIC_URL = env_str("AFHOST_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Minutes a link sent by the bot stays usable.
+LINK_CHALLENGE_MINUTES = env_int("LINK_CHALLENGE_MINUTES", 10, minimum=1)
+
+AUTHENTICATION_BACKENDS = [
+    "social_core.backends.azuread_tenant.AzureADV2TenantOAuth2",
+    "django.contrib.auth.backends.ModelBackend",
+]
+_ENTRA = f"{ENTRA_AUTHORITY}/{ENTRA_TENANT_ID}"
+SOCIAL_AUTH_URL_NAMESPACE = "social"
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_KEY = ENTRA_CLIENT_ID
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_SECRET = ENTRA_CLIENT_SECRET
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_TENANT_ID = ENTRA_TENANT_ID
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_AUTHORIZATION_URL = f"{_ENTRA}/oauth2/v2.0/authorize"
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_ACCESS_TOKEN_URL = f"{_ENTRA}/oauth2/v2.0/token"
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_OPENID_CONFIGURATION_URL = (
+    f"{_ENTRA}/v2.0/.well-known/openid-configuration"
+)
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_JWKS_URI = f"{_ENTRA}/discovery/v2.0/keys"
+# The stable object id, not the pairwise `sub`, names the principal.
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_ID_KEY = "oid"
+SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_USE_PKCE = True
+# Linking proves who a channel's user is; it never logs anyone into Django, creates users,
+# associates accounts by email, or copies IdP values onto a local user.
+SOCIAL_AUTH_PIPELINE = [
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_uid",
+    "social_core.pipeline.social_auth.auth_allowed",
+    "linking.pipeline.redeem_challenge",
+]
+SOCIAL_AUTH_PROTECTED_USER_FIELDS = ["username", "first_name", "last_name", "email"]
+SOCIAL_AUTH_RAISE_EXCEPTIONS = False
+SOCIAL_AUTH_LOGIN_ERROR_URL = "/link/failed/"

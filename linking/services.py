@@ -1,13 +1,45 @@
-"""Who talks to the agent, and whether they may."""
+"""Who talks to the agent, whether they may, and the link between their identities.
+
+`authorize` is the one place every channel's turns are decided (channels_app.turns calls it).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
+from django.conf import settings
+from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from afhost.types import ChannelIdentity
-from linking.models import Identity
+from linking import rules
+from linking.models import (
+    Allowlist,
+    AllowlistEntry,
+    ChannelPolicy,
+    Identity,
+    LinkChallenge,
+    LinkGrant,
+    hash_token,
+)
+from linking.signals import identity_linked
+
+logger = logging.getLogger(__name__)
+
+DENIED_MESSAGE = "You don't have access to this assistant."
+LINK_MESSAGE = "Please link your organisation account to continue."
+
+
+def linking_enabled() -> bool:
+    return bool(
+        settings.ENTRA_TENANT_ID and settings.ENTRA_CLIENT_ID and settings.ENTRA_CLIENT_SECRET
+    )
 
 
 def touch_identity(
@@ -35,13 +67,298 @@ def touch_identity(
 
 
 @dataclass(frozen=True, slots=True)
+class Principal:
+    """An Entra ID principal and the claims of it that count, verified by signature."""
+
+    tenant_id: str
+    object_id: str
+    upn: str = ""
+    name: str = ""
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_claims(cls, claims: Mapping[str, Any]) -> Principal:
+        """From a verified id token's or access token's claims."""
+        upn = str(
+            claims.get("preferred_username") or claims.get("upn") or claims.get("email") or ""
+        )
+        kept = {
+            "tid": str(claims.get("tid", "")),
+            "oid": str(claims.get("oid", "")),
+            "upn": upn,
+            "email": str(claims.get("email") or ""),
+            "groups": [str(group) for group in claims.get("groups") or []],
+            "roles": [str(role) for role in claims.get("roles") or []],
+        }
+        return cls(
+            tenant_id=kept["tid"],
+            object_id=kept["oid"],
+            upn=upn,
+            name=str(claims.get("name") or ""),
+            claims=kept,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """An identity and every identity linked to the same principal (itself included)."""
+
+    identity: Identity
+    identities: tuple[Identity, ...]
+    grant: LinkGrant | None
+
+    @property
+    def subject(self) -> rules.Subject:
+        return rules.Subject(
+            identities=frozenset((each.channel, each.native_id) for each in self.identities),
+            claims=None if self.grant is None else self.grant.claims,
+        )
+
+
+def person_of(identity: Identity) -> Person:
+    grant = LinkGrant.objects.active().filter(identity=identity).first()
+    if grant is None:
+        return Person(identity, (identity,), None)
+    linked = LinkGrant.objects.active().filter(
+        provider=grant.provider, tenant_id=grant.tenant_id, object_id=grant.object_id
+    )
+    identities = tuple(Identity.objects.filter(grants__in=linked).distinct().order_by("pk"))
+    # The freshest claims of the person count (an access token's are newer than a link's).
+    grant = linked.order_by("-updated_at").first() or grant
+    return Person(identity, identities, grant)
+
+
+@dataclass(frozen=True, slots=True)
 class Allowed:
-    """The identity may start a turn."""
+    """The identity may start a turn; `claims` are the verified claims it was decided on."""
+
+    claims: Mapping[str, Any] = field(default_factory=dict)
 
 
-def authorize(*, identity: Identity) -> Allowed:
-    """Whether `identity` may talk to the agent: the one place every channel's turns are decided.
+@dataclass(frozen=True, slots=True)
+class LinkRequired:
+    """The person must link an account first; the channel renders a challenge (`begin_link`)."""
 
-    Everyone may, until operators can curate allowlists and link policies.
+    reason: str
+    message: str = LINK_MESSAGE
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """Refused. `reason` is for logs and operators, never shown; `message` is bland."""
+
+    reason: str
+    message: str = DENIED_MESSAGE
+
+
+Outcome = Allowed | LinkRequired | Denied
+
+
+def load_rule(allowlist: Allowlist) -> rules.Rule:
+    """The allowlist's entries as one rule (allowlists within it included)."""
+    inner: list[rules.Rule] = []
+    for entry in allowlist.entries.select_related("member").order_by("pk"):
+        if entry.kind == AllowlistEntry.Kind.NATIVE_ID:
+            inner.append(rules.NativeId(entry.channel, entry.value))
+        elif entry.kind == AllowlistEntry.Kind.CLAIM:
+            inner.append(rules.Claim(entry.claim, entry.value))
+        else:
+            inner.append(load_rule(entry.member))
+    combine = rules.AllOf if allowlist.combine == Allowlist.Combine.ALL_OF else rules.AnyOf
+    return combine(tuple(inner))
+
+
+def decide(*, person: Person, policy: ChannelPolicy | None) -> Outcome:
+    """The decision for a person under a channel's policy, failing closed."""
+    blocked = next((each for each in person.identities if each.blocked_at), None)
+    if blocked is not None:
+        return Denied(f"{blocked} is blocked by {blocked.blocked_by or 'an operator'}")
+    claims = {} if person.grant is None else person.grant.claims
+    if policy is None:
+        return Allowed(claims)
+    rule = None if policy.allowlist is None else load_rule(policy.allowlist)
+    if (policy.require_link or (rule is not None and rules.needs_claims(rule))) and not (
+        linking_enabled()
+    ):
+        return Denied("the policy needs linked accounts, but linking is not configured")
+    linked = person.grant is not None
+    decision = rules.Decision.ALLOW if rule is None else rule.decide(person.subject)
+    if decision is rules.Decision.DENY:
+        return Denied(f"not allowed by allowlist {policy.allowlist.name!r}")
+    if decision is rules.Decision.ALLOW:
+        if policy.require_link and not linked:
+            return LinkRequired("the channel requires a linked account")
+        return Allowed(claims)
+    if not linked:
+        return LinkRequired(f"allowlist {policy.allowlist.name!r} needs a linked account")
+    return Denied(f"allowlist {policy.allowlist.name!r} could not decide on the linked claims")
+
+
+def authorize(*, identity: Identity) -> Outcome:
+    """Whether `identity` may start a turn: the one place every channel's turns are decided.
+
+    Decided per message, from the rows (a revoked link or a block counts at once). A refusal is
+    counted on the identity, with its reason, and logged.
     """
-    return Allowed()
+    policy = (
+        ChannelPolicy.objects.filter(channel=identity.channel).select_related("allowlist").first()
+    )
+    outcome = decide(person=person_of(identity), policy=policy)
+    if not isinstance(outcome, Allowed):
+        label = "link required" if isinstance(outcome, LinkRequired) else "denied"
+        identity.record_refusal(f"{label}: {outcome.reason}")
+        logger.info("turn of %s refused (%s): %s", identity, label, outcome.reason)
+    return outcome
+
+
+def policy_for(channel: str) -> ChannelPolicy | None:
+    return ChannelPolicy.objects.filter(channel=channel).first()
+
+
+# --- the link ceremony -------------------------------------------------------------------------
+
+
+class LinkRefused(Exception):
+    """The ceremony cannot link; the message is safe to show the person."""
+
+
+def begin_link(*, identity: Identity, notify: Mapping[str, Any]) -> str:
+    """A new one-time link for `identity` to prove who they are; the channel confirms at `notify`.
+
+    Returns the URL to send them. Only its digest is stored.
+    """
+    token = secrets.token_urlsafe(32)
+    LinkChallenge.objects.create(
+        token_hash=hash_token(token),
+        identity=identity,
+        notify=dict(notify),
+        expires_at=timezone.now() + timedelta(minutes=settings.LINK_CHALLENGE_MINUTES),
+    )
+    return settings.AFHOST_PUBLIC_URL + reverse("linking:open", args=[token])
+
+
+def claim_challenge(*, token: str, session_key: str) -> LinkChallenge:
+    """The open challenge behind `token`, claimed for this browser session.
+
+    The first session to open a link owns it; the link then works in no other browser.
+    """
+    now = timezone.now()
+    open_challenges = LinkChallenge.objects.filter(
+        token_hash=hash_token(token), redeemed_at__isnull=True, expires_at__gt=now
+    )
+    session_hash = hash_token(session_key)
+    open_challenges.filter(session_hash="").update(session_hash=session_hash, updated_at=now)
+    challenge = open_challenges.filter(session_hash=session_hash).select_related("identity").first()
+    if challenge is None:
+        raise LinkRefused(
+            "This link has expired, was already used, or was opened in another browser. "
+            "Ask the bot for a new one with /link."
+        )
+    return challenge
+
+
+def open_challenge(*, pk: int, session_key: str) -> LinkChallenge:
+    """The challenge this browser session claimed, while it is still open."""
+    challenge = (
+        LinkChallenge.objects.filter(
+            pk=pk,
+            session_hash=hash_token(session_key),
+            redeemed_at__isnull=True,
+            expires_at__gt=timezone.now(),
+        )
+        .select_related("identity")
+        .first()
+    )
+    if challenge is None:
+        raise LinkRefused(
+            "This link has expired or was already used. Ask for a new one with /link."
+        )
+    return challenge
+
+
+def redeem_challenge(*, pk: int, session_key: str, principal: Principal) -> LinkGrant:
+    """Link the challenge's identity to `principal`, once; refuse a second principal for an
+    identity already linked unless the person asked to re-link."""
+    if principal.tenant_id.lower() != settings.ENTRA_TENANT_ID.lower() or not principal.object_id:
+        raise LinkRefused("That account belongs to another organisation.")
+    now = timezone.now()
+    with transaction.atomic():
+        redeemed = LinkChallenge.objects.filter(
+            pk=pk,
+            session_hash=hash_token(session_key),
+            redeemed_at__isnull=True,
+            expires_at__gt=now,
+        ).update(redeemed_at=now, updated_at=now)
+        if not redeemed:
+            raise LinkRefused("This link has expired or was already used. Ask for a new one.")
+        challenge = LinkChallenge.objects.select_related("identity").get(pk=pk)
+        current = LinkGrant.objects.active().filter(identity=challenge.identity).first()
+        if current is not None and current.object_id != principal.object_id:
+            if not challenge.relink:
+                LinkChallenge.objects.filter(pk=pk).update(
+                    failure="already linked to another account"
+                )
+                raise LinkRefused(
+                    f"This account is already linked to {current.upn or 'another account'}. "
+                    "To replace that link, ask for a new link and choose to re-link."
+                )
+            current.revoke(by="the person, re-linking")
+            current = None
+        if current is None:
+            grant = LinkGrant.objects.create(
+                identity=challenge.identity,
+                tenant_id=principal.tenant_id,
+                object_id=principal.object_id,
+                upn=principal.upn,
+                name=principal.name,
+                claims=dict(principal.claims),
+                source=LinkGrant.Source.CEREMONY,
+            )
+        else:  # the same principal again: fresher claims
+            grant = current
+            LinkGrant.objects.filter(pk=grant.pk).update(
+                upn=principal.upn,
+                name=principal.name,
+                claims=dict(principal.claims),
+                updated_at=now,
+            )
+        LinkChallenge.objects.filter(pk=pk).update(grant=grant)
+        transaction.on_commit(
+            lambda: identity_linked.send(LinkGrant, grant=grant, challenge=challenge)
+        )
+    return grant
+
+
+def unlink(*, identity: Identity, by: str) -> LinkGrant | None:
+    """Revoke the identity's link, if it has one; the next message is decided without it."""
+    grant = LinkGrant.objects.active().filter(identity=identity).first()
+    if grant is not None and grant.revoke(by=by):
+        return grant
+    return None
+
+
+def record_token_principal(*, identity: Identity, principal: Principal) -> LinkGrant:
+    """Keep the link of an identity that authenticates with an Entra access token (an API
+    caller) to its principal, with the token's claims, so it is one person with that principal's
+    other linked identities."""
+    grant = LinkGrant.objects.active().filter(identity=identity).first()
+    if grant is not None and grant.object_id == principal.object_id:
+        if grant.claims != dict(principal.claims) or grant.upn != principal.upn:
+            grant.claims, grant.upn, grant.name = (
+                dict(principal.claims),
+                principal.upn,
+                principal.name,
+            )
+            grant.save(update_fields=["claims", "upn", "name", "updated_at"])
+        return grant
+    if grant is not None:
+        grant.revoke(by="a token of another principal")
+    return LinkGrant.objects.create(
+        identity=identity,
+        tenant_id=principal.tenant_id,
+        object_id=principal.object_id,
+        upn=principal.upn,
+        name=principal.name,
+        claims=dict(principal.claims),
+        source=LinkGrant.Source.TOKEN,
+    )

@@ -32,6 +32,7 @@ from afhost.services import create_api_key
 from channels_app import tasks
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
 from channels_app.telegram.services import sweep_updates
+from tests.fakes.oidc import CLIENT_ID, CLIENT_SECRET, FakeEntra
 from tests.fakes.telegram_api import FakeTelegramApi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,6 +249,43 @@ def cluster_factory(shared_cluster, fake_telegram, tmp_path) -> Iterator[Callabl
     yield make
     for cluster in made:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_entra() -> Iterator[FakeEntra]:
+    with FakeEntra() as fake:
+        yield fake
+
+
+def entra_env(fake: FakeEntra) -> dict[str, str]:
+    """The environment that points afhost's linking at the fake Entra ID."""
+    return {
+        "ENTRA_TENANT_ID": fake.tenant,
+        "ENTRA_CLIENT_ID": CLIENT_ID,
+        "ENTRA_CLIENT_SECRET": CLIENT_SECRET,
+        "ENTRA_AUTHORITY": fake.url,
+    }
+
+
+@pytest.fixture
+def entra(fake_entra, settings) -> FakeEntra:
+    """Linking on, against the fake Entra ID (in this process's settings)."""
+    base, prefix = f"{fake_entra.url}/{fake_entra.tenant}", "SOCIAL_AUTH_AZUREAD_V2_TENANT_OAUTH2_"
+    for name, value in entra_env(fake_entra).items():
+        setattr(settings, name, value)
+    for name, value in {
+        "KEY": CLIENT_ID,
+        "SECRET": CLIENT_SECRET,
+        "TENANT_ID": fake_entra.tenant,
+        "AUTHORIZATION_URL": f"{base}/oauth2/v2.0/authorize",
+        "ACCESS_TOKEN_URL": f"{base}/oauth2/v2.0/token",
+        "OPENID_CONFIGURATION_URL": f"{base}/v2.0/.well-known/openid-configuration",
+        "JWKS_URI": f"{base}/discovery/v2.0/keys",
+    }.items():
+        setattr(settings, prefix + name, value)
+    fake_entra.people.clear()
+    fake_entra.overrides.clear()
+    return fake_entra
 
 
 @pytest.fixture
