@@ -10,7 +10,12 @@ from django.conf import settings
 
 REDACTED = "[REDACTED]"
 # Settings whose values are secrets, besides the database passwords.
-SECRET_SETTINGS = ("SECRET_KEY", "TELEGRAM_BOT_TOKEN", "TELEGRAM_WEBHOOK_SECRET")
+SECRET_SETTINGS = (
+    "SECRET_KEY",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_WEBHOOK_SECRET",
+    "ENTRA_CLIENT_SECRET",
+)
 # Shorter values would match ordinary words; no real secret is this short.
 MIN_SECRET_LENGTH = 8
 

@@ -58,6 +58,10 @@ def register_channel(channel: Channel) -> None:
     _channels[channel.name] = channel
 
 
+def channel_names() -> list[str]:
+    return sorted(_channels)
+
+
 def channels_resuming_lost_runs() -> list[str]:
     return [name for name, channel in _channels.items() if channel.resumes_lost_runs]
 

@@ -70,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # social-auth's failures in the link ceremony end on its failure page, DEBUG or not.
+    "linking.middleware.LinkFailureMiddleware",
 ]
 
 ROOT_URLCONF = "afhost.urls"

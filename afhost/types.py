@@ -55,6 +55,8 @@ class ChannelRequest:
     # A history over AFHOST_MAX_HISTORY_BYTES: "auto" leaves its oldest turns out, "disabled"
     # fails the turn (afhost.exceptions.HistoryTooLong).
     truncation: str = "auto"
+    # Claims the channel verified itself (an Entra access token's), or None.
+    verified_claims: Mapping[str, Any] | None = None
 
     @property
     def isolation_key(self) -> str:

@@ -16,4 +16,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("readiness", views.readiness, name="readiness"),
     path("", include("channels_app.urls")),
+    path("", include("linking.urls")),
+    # The link ceremony's sign-in: /oauth/complete/azuread-v2-tenant-oauth2/ is the redirect URI.
+    path("oauth/", include("social_django.urls", namespace="social")),
 ]

@@ -1,12 +1,15 @@
-"""Bearer-key authentication of the HTTP channels, and who the caller speaks for."""
+"""Bearer authentication of the HTTP channels (an API key, or an Entra ID access token while
+linking is on), and who the caller speaks for."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
@@ -14,9 +17,15 @@ from afhost.db import in_thread
 from afhost.models import ApiKey, hash_api_key
 from afhost.types import ChannelIdentity
 from channels_app.exceptions import ApiError
+from linking.services import linking_enabled
+from linking.tokens import InvalidToken, KeysUnavailable, verify_access_token_async
+
+logger = logging.getLogger(__name__)
 
 # Identity values a trusted caller may send: the Azure agent-server charset, plus "@".
 _HEADER_VALUE = re.compile(r"[A-Za-z0-9._:@\-]{1,256}")
+# A JWT's shape (header.payload.signature, base64url); API keys have no dots.
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 USER_HEADERS = ("x-agent-user-id", "x-agent-user-isolation-key")
 CHAT_HEADER = "x-agent-chat-isolation-key"
@@ -25,11 +34,14 @@ CALL_ID_HEADER = "x-agent-foundry-call-id"
 
 @dataclass(frozen=True, slots=True)
 class ApiCaller:
-    api_key: ApiKey
     identity: ChannelIdentity
     # A chat partition named by a trusted caller (agent-server protocol 1.0), if any.
     chat_key: str | None
     call_id: str | None
+    # The caller's API key; None for a caller with an Entra ID access token.
+    api_key: ApiKey | None = None
+    # The verified claims of the caller's access token; None for an API key caller.
+    verified_claims: Mapping[str, Any] | None = None
 
 
 # Run and Conversation hold isolation keys of up to 300 characters, "api:" included.
@@ -82,16 +94,22 @@ def _load_key(key_hash: str) -> ApiKey | None:
 
 
 async def authenticate(headers: Mapping[str, str]) -> ApiCaller:
-    """Who is calling, from the request headers (names in lower case, or a Django HttpHeaders)."""
-    scheme, _, raw_key = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not raw_key.strip():
+    """Who is calling, from the request headers (names in lower case, or a Django HttpHeaders).
+
+    While linking is on, a bearer value shaped like a JWT is taken for an Entra ID access token.
+    """
+    scheme, _, credential = headers.get("authorization", "").partition(" ")
+    raw_key = credential.strip()
+    if scheme.lower() != "bearer" or not raw_key:
         raise ApiError(
             401,
             "You didn't provide an API key. "
             "Send it in the Authorization header as 'Bearer YOUR_KEY'.",
             code="missing_api_key",
         )
-    key_hash = hash_api_key(raw_key.strip())
+    if linking_enabled() and _JWT.fullmatch(raw_key):
+        return await _token_caller(raw_key, headers)
+    key_hash = hash_api_key(raw_key)
     api_key = _cached_key(key_hash) or await in_thread(_load_key, key_hash)
     if api_key is None:
         raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
@@ -116,4 +134,39 @@ async def authenticate(headers: Mapping[str, str]) -> ApiCaller:
         identity=ChannelIdentity(channel="api", native_id=native_id),
         chat_key=chat_key,
         call_id=_header(headers, CALL_ID_HEADER),
+    )
+
+
+async def _token_caller(token: str, headers: Mapping[str, str]) -> ApiCaller:
+    """The Entra ID principal an access token was issued to, speaking for itself alone."""
+    try:
+        claims = await verify_access_token_async(token)
+    except InvalidToken as exc:
+        logger.info("access token refused: %s", exc.reason)
+        message = (
+            "The access token has expired."
+            if exc.expired
+            else "The access token is not valid for this API."
+        )
+        raise ApiError(401, message, code="invalid_token") from None
+    except KeysUnavailable as exc:
+        logger.warning("Entra ID signing keys unavailable: %s", exc)
+        raise ApiError(
+            503,
+            "The access token cannot be checked right now. Please retry shortly.",
+            type="server_error",
+            code="service_unavailable",
+        ) from None
+    if any(headers.get(name) is not None for name in (*USER_HEADERS, CHAT_HEADER)):
+        raise ApiError(
+            403,
+            "An access token may not name end users: identity headers need a trusted API key.",
+            type="permission_error",
+            code="untrusted_caller",
+        )
+    return ApiCaller(
+        identity=ChannelIdentity(channel="api", native_id=f"entra.{claims['oid']}"),
+        chat_key=None,
+        call_id=_header(headers, CALL_ID_HEADER),
+        verified_claims=claims,
     )

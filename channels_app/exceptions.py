@@ -10,6 +10,8 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from linking.services import Denied, LinkRequired
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,6 +53,19 @@ def unavailable() -> JsonResponse:
     ).response()
     response["Retry-After"] = "1"
     return response
+
+
+def refused(outcome: LinkRequired | Denied) -> ApiError:
+    """403 for a turn authorization refused; the reason stays in the logs and the admin."""
+    if isinstance(outcome, LinkRequired):
+        return ApiError(
+            403,
+            "This caller must link an Entra ID account before talking to the agent: "
+            "call with an Entra ID access token, or link through a chat channel.",
+            type="permission_error",
+            code="link_required",
+        )
+    return ApiError(403, outcome.message, type="permission_error", code="access_denied")
 
 
 def not_found(what: str, value: str, *, param: str | None = None) -> ApiError:

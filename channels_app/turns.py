@@ -10,14 +10,18 @@
    a finished run's pushes to other channels will be made.
 
 Channels parse their wire format into a ChannelRequest, call `start_turn` (HTTP channels) or
-`admit` and `start_stored_turn` (Telegram, in a worker), and render what they get back.
+`admit` and `start_stored_turn` (Telegram, in a worker), and render what they get back, a
+refusal (LinkRequired or Denied) included.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
 
 from afhost import execution, services
 from afhost.db import in_thread
@@ -25,7 +29,14 @@ from afhost.models import Run
 from afhost.services import StartedRun
 from afhost.types import ChannelIdentity, ChannelRequest
 from linking.models import Identity
-from linking.services import authorize, touch_identity
+from linking.services import (
+    Allowed,
+    Outcome,
+    Principal,
+    authorize,
+    record_token_principal,
+    touch_identity,
+)
 
 # A busy HTTP caller's identity is written at most this often per process (its last_seen_at).
 TOUCH_EVERY = 60.0
@@ -39,12 +50,38 @@ class Profile:
     username: str = ""
 
 
-def admit(who: ChannelIdentity, *, profile: Profile = Profile()) -> Identity:
-    """Steps 1 and 2: record the caller, and check they may start a turn."""
+class TurnRefused(Exception):
+    """Authorization refused the turn: `outcome` is LinkRequired or Denied."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+def admit(
+    who: ChannelIdentity,
+    *,
+    profile: Profile = Profile(),
+    verified_claims: Mapping[str, Any] | None = None,
+) -> tuple[Identity, Outcome]:
+    """Steps 1 and 2: record the caller (and the principal its channel verified), and decide
+    whether they may start a turn."""
+    identity = identify(who, profile=profile, verified_claims=verified_claims)
+    return identity, authorize(identity=identity)
+
+
+def identify(
+    who: ChannelIdentity,
+    *,
+    profile: Profile = Profile(),
+    verified_claims: Mapping[str, Any] | None = None,
+) -> Identity:
+    """Step 1 alone, for what needs no authorization (a chat command such as /link)."""
     identity = touch_identity(
         identity=who, display_name=profile.display_name, username=profile.username
     )
-    authorize(identity=identity)
+    if verified_claims is not None:
+        record_token_principal(identity=identity, principal=Principal.from_claims(verified_claims))
     return identity
 
 
@@ -53,9 +90,10 @@ _admitted: dict[tuple[str, str], float] = {}
 
 
 def _admitted_lately(who: ChannelIdentity) -> bool:
-    return (
-        _admitted.get((who.channel, who.native_id), -TOUCH_EVERY) > time.monotonic() - TOUCH_EVERY
-    )
+    """Whether the HTTP caller was admitted within the API key cache's lifetime: a refusal (a
+    block, a revoked link, a new policy) reaches a busy caller as late as a key's revocation."""
+    recent = time.monotonic() - min(TOUCH_EVERY, settings.AFHOST_API_KEY_CACHE_SECONDS)
+    return _admitted.get((who.channel, who.native_id), -TOUCH_EVERY) > recent
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +114,8 @@ class Turn:
 
 async def start_turn(request: ChannelRequest, *, large: bool = False) -> Turn:
     """Steps 1-4 for an HTTP caller: a foreground turn to run in this request, or a background
-    run queued for a worker. A conversation another turn is in raises ConversationBusy.
+    run queued for a worker. A conversation another turn is in raises ConversationBusy, a turn
+    authorization refuses TurnRefused.
 
     A caller that may call many times a second is recorded once a minute per process; a new
     foreground conversation from one recorded lately touches no database until it is stored.
@@ -94,7 +133,9 @@ async def start_turn(request: ChannelRequest, *, large: bool = False) -> Turn:
 
 def _start_turn(request: ChannelRequest) -> Turn:
     if not _admitted_lately(request.identity):
-        admit(request.identity)
+        _, outcome = admit(request.identity, verified_claims=request.verified_claims)
+        if not isinstance(outcome, Allowed):
+            raise TurnRefused(outcome)
         _admitted[request.identity.channel, request.identity.native_id] = time.monotonic()
     if request.background:
         return Turn(run=services.queue_run(request=request))

@@ -19,8 +19,9 @@ API_PREFIXES = ("/v1/", "/responses")
 
 class ApiGate:
     """What the API routes refuse before reading a body (afhost.handlers.guard): a caller
-    without a valid key (401) or naming users it may not (400, 403), and a body declared over
-    AFHOST_MAX_REQUEST_BYTES (413). A key lookup is cached, so the view's own costs nothing."""
+    without a valid key or access token (401) or naming users it may not (400, 403), and a body
+    declared over AFHOST_MAX_REQUEST_BYTES (413). A key lookup and a token's signing keys are
+    cached, so the view's own check costs no I/O."""
 
     @property
     def max_body_bytes(self) -> int:

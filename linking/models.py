@@ -233,11 +233,12 @@ class AllowlistEntry(TimestampedModel):
         return f"allowlist {self.member}"
 
     def clean(self) -> None:
+        # An entry without a kind has its field error already.
         required = {
             self.Kind.NATIVE_ID: ("channel", "value"),
             self.Kind.CLAIM: ("claim", "value"),
             self.Kind.ALLOWLIST: ("member",),
-        }[self.kind]
+        }.get(self.kind, ())
         missing = {
             name: "Required for this kind of entry." for name in required if not getattr(self, name)
         }

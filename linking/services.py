@@ -17,6 +17,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from afhost.registry import channel_names
 from afhost.types import ChannelIdentity
 from linking import rules
 from linking.models import (
@@ -40,6 +41,15 @@ def linking_enabled() -> bool:
     return bool(
         settings.ENTRA_TENANT_ID and settings.ENTRA_CLIENT_ID and settings.ENTRA_CLIENT_SECRET
     )
+
+
+# API callers are "api" identities (channels_app.auth), whichever API channel they call.
+_IDENTITY_CHANNELS = {"responses": "api"}
+
+
+def identity_channels() -> list[str]:
+    """The channels identities belong to (`Identity.channel`, so `ChannelPolicy.channel`)."""
+    return sorted({_IDENTITY_CHANNELS.get(name, name) for name in channel_names()})
 
 
 def touch_identity(
@@ -225,14 +235,20 @@ class LinkRefused(Exception):
 def begin_link(*, identity: Identity, notify: Mapping[str, Any]) -> str:
     """A new one-time link for `identity` to prove who they are; the channel confirms at `notify`.
 
-    Returns the URL to send them. Only its digest is stored.
+    Returns the URL to send them. Only its digest is stored; the identity's earlier open links
+    stop working.
     """
     token = secrets.token_urlsafe(32)
+    now = timezone.now()
+    # The newest link alone works: one open challenge per identity, however often it asks.
+    LinkChallenge.objects.filter(
+        identity=identity, redeemed_at__isnull=True, expires_at__gt=now
+    ).update(expires_at=now, updated_at=now)
     LinkChallenge.objects.create(
         token_hash=hash_token(token),
         identity=identity,
         notify=dict(notify),
-        expires_at=timezone.now() + timedelta(minutes=settings.LINK_CHALLENGE_MINUTES),
+        expires_at=now + timedelta(minutes=settings.LINK_CHALLENGE_MINUTES),
     )
     return settings.AFHOST_PUBLIC_URL + reverse("linking:open", args=[token])
 
@@ -276,6 +292,14 @@ def open_challenge(*, pk: int, session_key: str) -> LinkChallenge:
     return challenge
 
 
+def set_relink(*, challenge: LinkChallenge, relink: bool) -> None:
+    """Whether redeeming the (still open) challenge replaces the identity's current link."""
+    LinkChallenge.objects.filter(pk=challenge.pk, redeemed_at__isnull=True).update(
+        relink=relink, updated_at=timezone.now()
+    )
+    challenge.relink = relink
+
+
 def redeem_challenge(*, pk: int, session_key: str, principal: Principal) -> LinkGrant:
     """Link the challenge's identity to `principal`, once; refuse a second principal for an
     identity already linked unless the person asked to re-link."""
@@ -293,39 +317,49 @@ def redeem_challenge(*, pk: int, session_key: str, principal: Principal) -> Link
             raise LinkRefused("This link has expired or was already used. Ask for a new one.")
         challenge = LinkChallenge.objects.select_related("identity").get(pk=pk)
         current = LinkGrant.objects.active().filter(identity=challenge.identity).first()
-        if current is not None and current.object_id != principal.object_id:
-            if not challenge.relink:
-                LinkChallenge.objects.filter(pk=pk).update(
-                    failure="already linked to another account"
-                )
-                raise LinkRefused(
-                    f"This account is already linked to {current.upn or 'another account'}. "
-                    "To replace that link, ask for a new link and choose to re-link."
-                )
-            current.revoke(by="the person, re-linking")
-            current = None
-        if current is None:
-            grant = LinkGrant.objects.create(
-                identity=challenge.identity,
-                tenant_id=principal.tenant_id,
-                object_id=principal.object_id,
-                upn=principal.upn,
-                name=principal.name,
-                claims=dict(principal.claims),
-                source=LinkGrant.Source.CEREMONY,
-            )
-        else:  # the same principal again: fresher claims
-            grant = current
-            LinkGrant.objects.filter(pk=grant.pk).update(
-                upn=principal.upn,
-                name=principal.name,
-                claims=dict(principal.claims),
-                updated_at=now,
-            )
-        LinkChallenge.objects.filter(pk=pk).update(grant=grant)
-        transaction.on_commit(
-            lambda: identity_linked.send(LinkGrant, grant=grant, challenge=challenge)
+        refused = (
+            current is not None
+            and current.object_id != principal.object_id
+            and not challenge.relink
         )
+        if refused:  # committed with the redemption: the challenge is used up, and says why
+            LinkChallenge.objects.filter(pk=pk).update(failure="already linked to another account")
+        else:
+            grant = _link(challenge=challenge, current=current, principal=principal)
+    if refused:
+        raise LinkRefused(
+            f"This account is already linked to {current.upn or 'another account'}. "
+            "To replace that link, ask for a new link and choose to re-link."
+        )
+    return grant
+
+
+def _link(
+    *, challenge: LinkChallenge, current: LinkGrant | None, principal: Principal
+) -> LinkGrant:
+    if current is not None and current.object_id != principal.object_id:
+        current.revoke(by="the person, re-linking")
+        current = None
+    if current is None:
+        grant = LinkGrant.objects.create(
+            identity=challenge.identity,
+            tenant_id=principal.tenant_id,
+            object_id=principal.object_id,
+            upn=principal.upn,
+            name=principal.name,
+            claims=dict(principal.claims),
+            source=LinkGrant.Source.CEREMONY,
+        )
+    else:  # the same principal again: fresher claims
+        grant = current
+        LinkGrant.objects.filter(pk=grant.pk).update(
+            upn=principal.upn,
+            name=principal.name,
+            claims=dict(principal.claims),
+            updated_at=timezone.now(),
+        )
+    LinkChallenge.objects.filter(pk=challenge.pk).update(grant=grant)
+    transaction.on_commit(lambda: identity_linked.send(LinkGrant, grant=grant, challenge=challenge))
     return grant
 
 

@@ -23,13 +23,13 @@ from django.conf import settings
 from django.db import connections
 from django.test import Client
 from django.urls import reverse
+from django.utils.module_loading import import_string
 from django_q.models import OrmQ
 from openai import AsyncOpenAI, OpenAI
 
 from afhost.leases import keeper
 from afhost.models import ApiKey, Run
 from afhost.services import create_api_key
-from channels_app import tasks
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
 from channels_app.telegram.services import sweep_updates
 from tests.fakes.oidc import CLIENT_ID, CLIENT_SECRET, FakeEntra
@@ -391,7 +391,7 @@ class TelegramInbox:
 
     client: Client
     capture_on_commit: Callable
-    queued: list[int]
+    queued: list[tuple[str, tuple]]
 
     def post(self, payload: dict | bytes, *, secret: str | None = "test-webhook-secret"):
         headers = {} if secret is None else {"X-Telegram-Bot-Api-Secret-Token": secret}
@@ -405,9 +405,10 @@ class TelegramInbox:
             )
 
     def process(self) -> None:
+        """Run the tasks queued meanwhile (chats, link confirmations), as a worker would."""
         while self.queued:
-            chat_pk = self.queued.pop(0)
-            tasks.process_telegram_chat(chat_pk)
+            func, args = self.queued.pop(0)
+            import_string(func)(*args)
 
     def sweep(self) -> int:
         with self.capture_on_commit(execute=True):
@@ -425,8 +426,8 @@ def telegram_inbox(db, telegram_api, django_capture_on_commit_callbacks) -> Iter
         client=Client(), capture_on_commit=django_capture_on_commit_callbacks, queued=[]
     )
 
-    def enqueue(func, chat_pk, **options):
-        inbox.queued.append(chat_pk)
+    def enqueue(func, *args, **options):
+        inbox.queued.append((func, args))
 
     with (
         mock.patch("channels_app.telegram.services.async_task", side_effect=enqueue),
@@ -434,3 +435,48 @@ def telegram_inbox(db, telegram_api, django_capture_on_commit_callbacks) -> Iter
         mock.patch("channels_app.telegram.processing.SEND_BACKOFF", 0.01),
     ):
         yield inbox
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator:
+    """Debian's headless Chromium, driven by Playwright, for the tests of one module.
+
+    Skipped when Chromium is missing, unless AFHOST_REQUIRE_BROWSER=1 (CI). Playwright's sync
+    API keeps an event loop running in this thread until it stops, so Django refuses ORM calls
+    meanwhile unless DJANGO_ALLOW_ASYNC_UNSAFE is set: set for exactly that long.
+    Module-scoped, so that the tests of later modules run with neither.
+    """
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        reason = f"browser tests need {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("AFHOST_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium) -> Iterator:
+    """A fresh browser context and page; Playwright waits at most 10 s for anything."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(10_000)
+    yield context.new_page()
+    context.close()

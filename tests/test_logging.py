@@ -121,3 +121,12 @@ def test_telegram_commands_log_no_secret_at_debug_level(telegram_api, command):
     assert done.returncode == 0, output
     assert "Calling Bot API endpoint `getMe`" in output
     assert _leaks(output) == []
+
+
+def test_the_entra_client_secret_is_redacted(entra):
+    logger = logging.getLogger("afhost.test")
+    with _console_at_debug() as output:
+        logger.warning("token exchange failed: client_secret=%s", settings.ENTRA_CLIENT_SECRET)
+
+    assert settings.ENTRA_CLIENT_SECRET not in output.getvalue()
+    assert "client_secret=[REDACTED]" in output.getvalue()

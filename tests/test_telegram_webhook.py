@@ -16,7 +16,9 @@ def test_it_stores_an_update_and_queues_its_chat(telegram_inbox, telegram_update
     assert response.status_code == 200
     update = TelegramUpdate.objects.get()
     assert (update.update_id, update.status, update.chat.chat_id) == (42, "pending", 1111111)
-    assert telegram_inbox.queued == [update.chat.pk]
+    assert telegram_inbox.queued == [
+        ("channels_app.tasks.process_telegram_chat", (update.chat.pk,))
+    ]
 
 
 @pytest.mark.parametrize("secret", [None, "wrong-secret", ""])

@@ -15,7 +15,7 @@ from afhost.models import Run
 from afhost.types import ChannelRequest
 from channels_app import turns
 from channels_app.auth import ApiCaller, authenticate
-from channels_app.exceptions import ApiError, api_endpoint, not_found
+from channels_app.exceptions import ApiError, api_endpoint, not_found, refused
 from channels_app.responses.channel import ResponsesChannel
 from channels_app.responses.rendering import input_items, response_object, sse_stream
 from channels_app.responses.schemas import (
@@ -57,7 +57,7 @@ def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelReques
         "user": params.user,
         "safety_identifier": params.safety_identifier,
         "call_id": caller.call_id,
-        "api_key": str(caller.api_key.public_id),
+        "api_key": None if caller.api_key is None else str(caller.api_key.public_id),
     }
     return ChannelRequest(
         channel=ResponsesChannel.name,
@@ -74,6 +74,7 @@ def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelReques
         previous_run_id=previous_run_id,
         conversation_key=conversation_key,
         truncation=params.truncation,
+        verified_claims=caller.verified_claims,
     )
 
 
@@ -118,6 +119,8 @@ async def response_create(request: HttpRequest) -> HttpResponse:
             param="conversation",
             code="conversation_locked",
         ) from None
+    except turns.TurnRefused as exc:
+        raise refused(exc.outcome) from None
     except HistoryTooLong:
         raise ApiError(
             400, services.HISTORY_TOO_LONG, param="input", code="context_length_exceeded"

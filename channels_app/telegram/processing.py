@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from telegram import Bot, ReplyParameters, Update
+from telegram import Bot, LinkPreviewOptions, ReplyParameters, Update
 from telegram import Message as TgMessage
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
@@ -34,7 +34,8 @@ from channels_app import turns
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
 from channels_app.telegram.rendering import OutgoingText, render_reply
 from channels_app.telegram.selectors import head_is_due, next_update
-from linking.models import Identity
+from linking import services as linking
+from linking.models import ChannelPolicy, Identity, LinkChallenge
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ SEND_ATTEMPTS = 4
 SEND_BACKOFF = 0.5  # seconds before the first resend; doubles each time
 MAX_RETRY_AFTER = 60  # seconds; a longer flood wait is retried later by the sweeper
 TYPING_EVERY = 4  # seconds; Telegram shows "typing…" for about 5
+# Command replies may hold a one-time link, which a preview fetch by Telegram would use up.
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 HELP = (
     "I am an AI assistant. Send me a message and I will answer; I remember our conversation.\n\n"
     "/new - start a fresh conversation\n"
@@ -53,6 +56,7 @@ HELP = (
     "/help - this message"
 )
 LINKING_OFF = "Account linking is not configured on this bot."
+LINK_IN_PRIVATE = "To link your organisation account, open a private chat with me: {url}"
 FAILED_ANSWER = "Sorry, I could not answer that. Please try again."
 
 
@@ -80,6 +84,23 @@ class ReplyTarget:
     chat_id: int
     thread_id: int | None
     reply_to: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """How the bot listens in groups: the Telegram channel policy's values, or the settings'."""
+
+    accept_in_group: str
+    conversation_scope: str
+
+    @classmethod
+    def of(cls, policy: ChannelPolicy | None) -> Listening:
+        return cls(
+            accept_in_group=(policy and policy.accept_in_group)
+            or settings.TELEGRAM_ACCEPT_IN_GROUP,
+            conversation_scope=(policy and policy.conversation_scope)
+            or settings.TELEGRAM_CONVERSATION_SCOPE,
+        )
 
 
 @functools.cache
@@ -127,13 +148,13 @@ async def _bot() -> AsyncIterator[Bot]:
 
 
 def plan_message(
-    message: TgMessage, *, bot_username: str, bot_id: int
+    message: TgMessage, *, bot_username: str, bot_id: int, accept: str
 ) -> Command | AgentTurn | None:
-    """What a message asks of the bot, or None when it is not addressed to it."""
+    """What a message asks of the bot, or None when it is not addressed to it; `accept` says
+    which group messages are (Listening.accept_in_group)."""
     text = message.text or message.caption or ""
     entities = message.parse_entities() if message.text else message.parse_caption_entities()
     private = message.chat.type == "private"
-    accept = settings.TELEGRAM_ACCEPT_IN_GROUP
     first = min(entities, key=lambda entity: entity.offset, default=None)
     if first is not None and first.type == "bot_command" and first.offset == 0:
         name, _, addressee = entities[first][1:].partition("@")
@@ -162,14 +183,13 @@ def plan_message(
     return None
 
 
-def conversation_of(message: TgMessage, *, user_key: str) -> tuple[str, str]:
-    """(partition, conversation key) of a message under the configured conversation scope."""
+def conversation_of(message: TgMessage, *, user_key: str, scope: str) -> tuple[str, str]:
+    """(partition, conversation key) of a message under a conversation scope."""
     if message.chat.type == "private":
         return user_key, "user"
     locator = f"chat:{message.chat.id}"
     if message.is_topic_message and message.message_thread_id:
         locator += f":{message.message_thread_id}"
-    scope = settings.TELEGRAM_CONVERSATION_SCOPE
     if scope == "per_user":
         return user_key, "user"
     if scope == "per_conversation":
@@ -270,7 +290,12 @@ def _link_run(update: TelegramUpdate) -> Callable[[Run], None]:
 
 
 async def _answer_with_agent(
-    bot: Bot, update: TelegramUpdate, message: TgMessage, turn: AgentTurn, target: ReplyTarget
+    bot: Bot,
+    update: TelegramUpdate,
+    message: TgMessage,
+    turn: AgentTurn,
+    target: ReplyTarget,
+    listening: Listening,
 ) -> str | None:
     run = None if update.run_id is None else await db_call(lambda: update.run)()
     if run is None:
@@ -279,7 +304,9 @@ async def _answer_with_agent(
         if not text and not media:
             return None
         identity = _author(message)
-        partition, key = conversation_of(message, user_key=identity.isolation_key)
+        partition, key = conversation_of(
+            message, user_key=identity.isolation_key, scope=listening.conversation_scope
+        )
         request = ChannelRequest(
             channel=CHANNEL,
             identity=identity,
@@ -307,32 +334,98 @@ async def _answer_with_agent(
     return _reply_text(run)
 
 
-async def _command_reply(command: Command, message: TgMessage, identity: Identity) -> str:
+async def _command_reply(
+    command: Command, message: TgMessage, identity: Identity, listening: Listening, bot: Bot
+) -> str:
     user = message.from_user
+    if command.name == "start" and command.args == "link":  # t.me/<bot>?start=link
+        return await _link_reply(message, identity, bot)
     if command.name == "start":
         return f"Hello {user.first_name}! {HELP}"
     if command.name == "help":
         return HELP
     if command.name == "new":
-        partition, key = conversation_of(message, user_key=identity.isolation_key)
+        partition, key = conversation_of(
+            message, user_key=identity.isolation_key, scope=listening.conversation_scope
+        )
         await db_call(services.reset_conversation)(
             channel=CHANNEL, isolation_key=partition, key=key
         )
         return "Started a new conversation. What shall we talk about?"
     if command.name == "whoami":
-        handle = f" (@{user.username})" if user.username else ""
-        return f"You are {user.full_name}{handle}, Telegram user {user.id}.\n{LINKING_OFF}"
-    if command.name in ("link", "unlink"):
-        return LINKING_OFF
+        return await db_call(_whoami)(message, identity)
+    if command.name == "link":
+        return await _link_reply(message, identity, bot)
+    if command.name == "unlink":
+        if not linking.linking_enabled():
+            return LINKING_OFF
+        grant = await db_call(linking.unlink)(identity=identity, by="the person, with /unlink")
+        if grant is None:
+            return "Your Telegram account is not linked."
+        return (
+            f"Unlinked: you are no longer known here as {grant.upn or 'your organisation account'}."
+        )
     return f"I don't know /{command.name}. /help lists what I can do."
+
+
+async def _link_reply(message: TgMessage, identity: Identity, bot: Bot) -> str:
+    """A one-time link in a private chat; in a group, a pointer to the private chat (a bot
+    cannot write to someone first, and a link posted in a group could be opened by anyone)."""
+    if not linking.linking_enabled():
+        return LINKING_OFF
+    if message.chat.type != "private":
+        return LINK_IN_PRIVATE.format(url=f"https://t.me/{bot.username}?start=link")
+    url = await db_call(linking.begin_link)(identity=identity, notify={"chat_id": message.chat.id})
+    minutes = settings.LINK_CHALLENGE_MINUTES
+    return (
+        f"[Link your organisation account]({url}): sign in with Microsoft there. "
+        f"The link works once, in one browser, for {minutes} minutes."
+    )
+
+
+def _whoami(message: TgMessage, identity: Identity) -> str:
+    """Who the bot takes the person for; the link's details only in a private chat."""
+    user = message.from_user
+    handle = f" (@{user.username})" if user.username else ""
+    lines = [f"You are {user.full_name}{handle}, Telegram user {user.id}."]
+    if not linking.linking_enabled():
+        return "\n".join([*lines, LINKING_OFF])
+    person = linking.person_of(identity)
+    if person.grant is None:
+        return "\n".join([*lines, "Your organisation account is not linked: /link links it."])
+    if message.chat.type != "private":
+        return "\n".join([*lines, "Your organisation account is linked; ask me /whoami privately."])
+    claims = person.grant.claims
+    lines.append(f"Linked as {person.grant.upn or person.grant.object_id} ({person.grant.name}).")
+    lines.append(f"Tenant: {claims.get('tid', '')}")
+    for name, label in (("groups", "Groups"), ("roles", "Roles")):
+        if claims.get(name):
+            lines.append(f"{label}: {', '.join(claims[name])}")
+    others = [str(each) for each in person.identities if each.pk != identity.pk]
+    if others:
+        lines.append(f"Also you: {', '.join(others)}")
+    return "\n".join(lines)
+
+
+def _refusal(outcome: linking.LinkRequired | linking.Denied, message: TgMessage) -> str:
+    """What a refused person is told: bland, with no reason (that is for operators)."""
+    if isinstance(outcome, linking.LinkRequired):
+        where = "here" if message.chat.type == "private" else "in a private chat with me"
+        return f"{outcome.message} Send /link {where}."
+    return outcome.message
 
 
 def _seconds(value: int | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-async def _send_part(bot: Bot, target: ReplyTarget, part: OutgoingText, *, first: bool) -> None:
-    """Send one message, retrying transient failures; 429 waits as long as Telegram asks."""
+async def _send_part(
+    bot: Bot, target: ReplyTarget, part: OutgoingText, *, first: bool, previews: bool = True
+) -> None:
+    """Send one message, retrying transient failures; 429 waits as long as Telegram asks.
+
+    Without `previews` Telegram fetches no link in it (a one-time link would be used up).
+    """
     reply = (
         ReplyParameters(target.reply_to, allow_sending_without_reply=True)
         if first and target.reply_to
@@ -347,6 +440,7 @@ async def _send_part(bot: Bot, target: ReplyTarget, part: OutgoingText, *, first
                 parse_mode=parse_mode,
                 message_thread_id=target.thread_id,
                 reply_parameters=reply,
+                link_preview_options=None if previews else NO_PREVIEW,
             )
             return
         except Forbidden as exc:
@@ -371,7 +465,9 @@ async def _send_part(bot: Bot, target: ReplyTarget, part: OutgoingText, *, first
             await asyncio.sleep(SEND_BACKOFF * 2**attempt)
 
 
-async def _send_reply(bot: Bot, update: TelegramUpdate, target: ReplyTarget, text: str) -> None:
+async def _send_reply(
+    bot: Bot, update: TelegramUpdate, target: ReplyTarget, text: str, *, previews: bool = True
+) -> None:
     """Send the reply's parts, skipping those an earlier attempt already delivered.
 
     Each part sent is recorded before the next goes out; the last is recorded with the update's
@@ -381,7 +477,7 @@ async def _send_reply(bot: Bot, update: TelegramUpdate, target: ReplyTarget, tex
     for index, part in enumerate(parts):
         if index < update.sent_parts:
             continue
-        await _send_part(bot, target, part, first=index == 0)
+        await _send_part(bot, target, part, first=index == 0, previews=previews)
         update.sent_parts = index + 1
         if update.sent_parts < len(parts):
             await db_call(TelegramUpdate.objects.filter(pk=update.pk).update)(
@@ -404,27 +500,34 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
         return TelegramUpdate.Status.IGNORED, f"unsupported update type: {kind}"
     if message.from_user is None or message.from_user.is_bot:
         return TelegramUpdate.Status.IGNORED, "not from a person"
-    plan = plan_message(message, bot_username=bot.username, bot_id=bot.id)
+    listening = Listening.of(await db_call(linking.policy_for)(CHANNEL))
+    plan = plan_message(
+        message, bot_username=bot.username, bot_id=bot.id, accept=listening.accept_in_group
+    )
     if plan is None:
         return TelegramUpdate.Status.IGNORED, "not addressed to the bot"
     user = message.from_user
-    identity = await db_call(turns.admit)(
-        _author(message),
-        profile=turns.Profile(display_name=user.full_name, username=user.username or ""),
-    )
+    profile = turns.Profile(display_name=user.full_name, username=user.username or "")
+    if isinstance(plan, Command):  # commands are how a refused person gets access: no check
+        identity, outcome = await db_call(turns.identify)(_author(message), profile=profile), None
+    else:
+        identity, outcome = await db_call(turns.admit)(_author(message), profile=profile)
     await db_call(_record_member)(chat, identity)
     thread_id = message.message_thread_id if message.is_topic_message else None
     target = ReplyTarget(
         message.chat.id, thread_id, None if message.chat.type == "private" else message.message_id
     )
+    note = ""
     if isinstance(plan, Command):
-        text = await _command_reply(plan, message, identity)
+        text = await _command_reply(plan, message, identity, listening, bot)
+    elif not isinstance(outcome, linking.Allowed):
+        text, note = _refusal(outcome, message), f"refused: {outcome.reason}"
     else:
-        text = await _answer_with_agent(bot, update, message, plan, target)
+        text = await _answer_with_agent(bot, update, message, plan, target, listening)
         if text is None:
             return TelegramUpdate.Status.IGNORED, "no text or media to answer"
     try:
-        await _send_reply(bot, update, target, text)
+        await _send_reply(bot, update, target, text, previews=not isinstance(plan, Command))
     except BotBlocked as exc:
         await db_call(chat.mark_blocked)(exc.args[0])
         if message.chat.type == "private":
@@ -432,7 +535,22 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
         return TelegramUpdate.Status.FAILED, f"Telegram refused delivery: {exc.args[0]}"
     except PermanentSendError as exc:
         return TelegramUpdate.Status.FAILED, f"Telegram rejected the reply: {exc.args[0]}"
-    return TelegramUpdate.Status.PROCESSED, ""
+    return TelegramUpdate.Status.PROCESSED, note
+
+
+async def confirm_link(challenge_pk: int) -> None:
+    """Tell the chat that asked for a link that the person is now linked, and as whom."""
+    challenge = await db_call(
+        LinkChallenge.objects.select_related("grant").filter(pk=challenge_pk).first
+    )()
+    if challenge is None or challenge.grant is None:
+        return
+    name = challenge.grant.upn or challenge.grant.name or "your organisation account"
+    text = f"Linked: I know you now as {name}. /whoami shows what counts; /unlink removes it."
+    target = ReplyTarget(challenge.notify["chat_id"], challenge.notify.get("thread_id"), None)
+    async with _bot() as bot:
+        for part in render_reply(text):
+            await _send_part(bot, target, part, first=False)
 
 
 async def answer_chat(chat_pk: int) -> None:

@@ -18,6 +18,7 @@ from django_q.tasks import async_task
 
 from afhost.db import storable
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
+from linking.models import LinkChallenge
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,16 @@ def enqueue_chat(*, chat: TelegramChat) -> None:
             q_options={"task_name": f"telegram-chat-{chat.chat_id}", "group": "telegram"},
         )
     )
+
+
+def confirm_link(*, challenge: LinkChallenge, **kwargs: Any) -> None:
+    """On `identity_linked`: confirm in the Telegram chat that asked for the link (in a worker)."""
+    if challenge.identity.channel == "telegram" and challenge.notify.get("chat_id"):
+        async_task(
+            "channels_app.tasks.confirm_telegram_link",
+            challenge.pk,
+            q_options={"task_name": f"telegram-link-{challenge.pk}", "group": "telegram"},
+        )
 
 
 @transaction.atomic

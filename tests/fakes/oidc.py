@@ -14,7 +14,8 @@ layout under ``{url}/{tenant}``, so afhost is pointed at it with ``ENTRA_AUTHORI
 People are known by their login name: ``alice`` gets a stable ``oid``, ``tid`` = the tenant,
 ``preferred_username`` ``alice@contoso.example``, and what ``fake.people["alice"]`` adds
 (``groups``, ``roles``...). ``fake.overrides`` is merged into every id token (forge a wrong
-``tid``, ``aud`` or ``exp``); ``fake.mint(**claims)`` signs an access token for the API.
+``tid``, ``aud`` or ``exp``) and ``fake.id_token_key`` signs them with another key (a bad
+signature); ``fake.mint(**claims)`` signs an access token for the API.
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ def new_key() -> rsa.RSAPrivateKey:
 
 
 class FakeEntra:
-    def __init__(self, *, tenant: str = TENANT, client_id: str = CLIENT_ID) -> None:
+    def __init__(self, *, tenant: str = TENANT, client_id: str = CLIENT_ID, port: int = 0) -> None:
         self.tenant, self.client_id = tenant, client_id
         self.key = new_key()
         self.people: dict[str, dict[str, Any]] = {}
         self.overrides: dict[str, Any] = {}
+        # Signs id tokens instead of the published key (forge a bad signature).
+        self.id_token_key: rsa.RSAPrivateKey | None = None
         self._oids: dict[str, str] = {}
         self._codes: dict[str, dict[str, Any]] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -98,6 +101,7 @@ class FakeEntra:
             "nbf": now,
             "exp": now + 3600,
             "ver": "2.0",
+            "scp": "access_as_user",
             **self.claims_of(login),
         }
         return self.sign({**base, **claims}, key=key)
@@ -114,7 +118,7 @@ class FakeEntra:
             **self.claims_of(login),
             **self.overrides,
         }
-        return self.sign(claims)
+        return self.sign(claims, key=self.id_token_key)
 
     def _jwks(self) -> dict[str, Any]:
         jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
@@ -219,3 +223,25 @@ def _pkce_ok(grant: dict[str, Any], verifier: str | None) -> bool:
         return False
     digest = hashlib.sha256(verifier.encode()).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode() == challenge
+
+
+def main() -> None:
+    """`python -m tests.fakes.oidc [PORT]`: serve a fake Entra ID for a local demo of linking."""
+    import sys
+
+    fake = FakeEntra(port=int(sys.argv[1]) if len(sys.argv) > 1 else 9000)
+    sys.stdout.write(
+        "Fake Entra ID (any account name signs in). For afhost:\n\n"
+        f"export ENTRA_TENANT_ID={fake.tenant} ENTRA_CLIENT_ID={fake.client_id} "
+        f"ENTRA_CLIENT_SECRET={CLIENT_SECRET} ENTRA_AUTHORITY={fake.url}\n\n"
+        f"An access token for alice, valid for an hour:\n\n{fake.mint('alice')}\n"
+    )
+    sys.stdout.flush()
+    try:
+        fake._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
