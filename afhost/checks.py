@@ -1,25 +1,38 @@
 """Settings the host cannot run without: enforced when the ASGI application starts, and reported
 by `manage.py check` (the secret key by `check --deploy`, so that commands which need no secret,
-like makemigrations, still run without one)."""
+like makemigrations, still run without one).
+
+A built-in model target's service is probed once at start (afhost.W010-W013): a wrong key or an
+unreachable endpoint is a warning for the operator, never a reason not to start.
+"""
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from afhost.targets import TargetLoadError, get_target
+from afhost.targets import MODEL_PRESETS, TargetLoadError, get_target
+
+logger = logging.getLogger(__name__)
 
 MISSING_SECRET_KEY = "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off."  # noqa: S105
 
 
 def require_runtime_settings() -> None:
-    """Raise ImproperlyConfigured unless a server or worker can run: a secret key and a target."""
+    """Raise ImproperlyConfigured unless a server or worker can run: a secret key and a target.
+
+    A model target's service that does not answer as it should is logged as a warning.
+    """
     try:
         settings.SECRET_KEY  # noqa: B018 (Django raises on an empty key when it is read)
     except ImproperlyConfigured:
         raise ImproperlyConfigured(MISSING_SECRET_KEY) from None
     get_target()
+    for warning in check_model_service(None):
+        logger.warning("%s %s (%s)", warning.msg, warning.hint, warning.id)
 
 
 @register(deploy=True)
@@ -38,7 +51,23 @@ def check_target(app_configs, **kwargs) -> list[Error]:
     except TargetLoadError as exc:
         return [
             Error(
-                str(exc), hint="Set AFHOST_TARGET to 'package.module:attribute'.", id="afhost.E001"
+                str(exc),
+                hint="Set AFHOST_TARGET to 'package.module:attribute', or to a model: "
+                f"{', '.join(MODEL_PRESETS)} (see .env.example).",
+                id="afhost.E001",
             )
         ]
     return []
+
+
+@register()
+def check_model_service(app_configs, **kwargs) -> list[Warning]:
+    """The model service of a built-in model target, asked for its models once per process."""
+    if settings.AFHOST_TARGET not in MODEL_PRESETS:
+        return []
+    try:
+        target = get_target()
+    except TargetLoadError:
+        return []  # check_target reports it
+    problem = target.probe()
+    return [] if problem is None else [Warning(problem.message, hint=problem.hint, id=problem.id)]

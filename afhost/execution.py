@@ -15,12 +15,13 @@ from django.conf import settings
 from afhost import services
 from afhost.db import db_call
 from afhost.exceptions import ConversationBusy
+from afhost.model_presets import explain_model_failure
 from afhost.models import Run
 from afhost.registry import get_channel, get_streaming_channel
 from afhost.selectors import next_event_sequence
 from afhost.services import StartedRun
 from afhost.tails import run_tails
-from afhost.targets import get_target
+from afhost.targets import TextAppends, get_target
 from afhost.types import HostedRunResult
 from afhost.writer import run_writer
 
@@ -41,7 +42,9 @@ def _run_kwargs(run: Run) -> dict[str, Any]:
 
 def _failure(run: Run, exc: BaseException) -> HostedRunResult:
     logger.exception("run %s: the target raised", run.public_id, exc_info=exc)
-    return HostedRunResult.failure(AGENT_FAILED, detail=f"{type(exc).__name__}: {exc}")
+    # A model service's failure is told in our words (never the provider's); others are not.
+    code, message = explain_model_failure(exc) or ("server_error", AGENT_FAILED)
+    return HostedRunResult.failure(message, code=code, detail=f"{type(exc).__name__}: {exc}")
 
 
 CANCELLED = HostedRunResult(status=Run.Status.CANCELLED, messages=[])
@@ -80,14 +83,14 @@ class TargetStream:
         deadline = asyncio.get_running_loop().time() + settings.AFHOST_RUN_TIMEOUT
         try:
             stream = target.run(self.messages, stream=True, **_run_kwargs(self.run))
-            updates = aiter(stream)
+            updates, appends = aiter(stream), TextAppends()
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
                         update = await anext(updates)
                 except StopAsyncIteration:
                     break
-                yield update
+                yield appends(update)
             self.result = HostedRunResult.from_response(await stream.get_final_response())
         except TimeoutError:
             self.result = _too_slow(self.run)

@@ -15,6 +15,8 @@ SECRET_SETTINGS = (
     "TELEGRAM_BOT_TOKEN",
     "TELEGRAM_WEBHOOK_SECRET",
     "ENTRA_CLIENT_SECRET",
+    "OPENAI_API_KEY",
+    "AZURE_OPENAI_API_KEY",
 )
 # Shorter values would match ordinary words; no real secret is this short.
 MIN_SECRET_LENGTH = 8

@@ -10,6 +10,25 @@ from django.db import models
 from django.db.models.functions import Cast, Length
 from django.utils import timezone
 
+RESPONSE_ID_PREFIX = "resp_"
+
+
+def response_id(public_id: uuid.UUID) -> str:
+    return RESPONSE_ID_PREFIX + public_id.hex
+
+
+def parse_public_id(term: str) -> uuid.UUID | None:
+    """A run's public id in `resp_<hex>` (any case), a bare hex id or a UUID; None otherwise."""
+    term = term.strip()
+    if term.lower().startswith(RESPONSE_ID_PREFIX):
+        term = term[len(RESPONSE_ID_PREFIX) :]
+    if len(term) not in (32, 36):
+        return None
+    try:
+        return uuid.UUID(term)
+    except ValueError:
+        return None
+
 
 class TimestampedModel(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -96,7 +115,9 @@ class ApiKey(TimestampedModel):
     def revoke(self) -> bool:
         """Revoke the key; False when it already was."""
         now = timezone.now()
-        updated = ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=now)
+        updated = ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
+            revoked_at=now, updated_at=now
+        )
         if updated:
             self.revoked_at = now
         return bool(updated)
@@ -180,6 +201,9 @@ class Run(TimestampedModel, LeasedModel):
         default=dict, blank=True, help_text="Chat options passed to the target."
     )
     metadata = models.JSONField(default=dict, blank=True)
+    # Where the answer goes besides the caller (afhost.types.ResponseTarget.as_dict()), if
+    # anywhere: the delivery app pushes it there when the run ends.
+    response_target = models.JSONField(null=True, blank=True)
     attributes = models.JSONField(
         default=dict, blank=True, help_text="Channel-private request facts."
     )
@@ -235,7 +259,13 @@ class Run(TimestampedModel, LeasedModel):
         ]
 
     def __str__(self) -> str:
-        return f"{self.channel} run {self.public_id} ({self.status})"
+        return f"{self.response_id} ({self.channel}, {self.status})"
+
+    @property
+    def response_id(self) -> str:
+        """The id clients see: `resp_<hex>`, as the Responses API names it (also in the admin
+        and the delivery console)."""
+        return response_id(self.public_id)
 
     @property
     def is_terminal(self) -> bool:

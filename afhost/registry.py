@@ -45,6 +45,30 @@ class Channel(Protocol):
         """The output items of a finished blocking run, as the channel stores them."""
 
 
+class PushProgress(Protocol):
+    """How much of a message a channel's earlier attempts delivered, and where it records more."""
+
+    sent_parts: int
+
+    async def part_sent(self) -> None:
+        """Record that one more part of the message was accepted by the channel."""
+
+
+class PushingChannel(Channel, Protocol):
+    """A channel that can send a message unasked (delivery's destinations)."""
+
+    def push_locator(self, value: str) -> dict:
+        """The locator a trusted caller names after the channel ("telegram:<chat id>"); raises
+        ValueError for one the channel cannot reach."""
+
+    def identity_locator(self, native_id: str) -> dict:
+        """Where a person of this channel (by native id) is reached privately."""
+
+    async def push(self, locator: dict, text: str, *, progress: PushProgress) -> None:
+        """Send `text` (Markdown) to `locator`, skipping the parts `progress` has; raises
+        afhost.exceptions.PushError."""
+
+
 class StreamingChannel(Channel, Protocol):
     """A channel whose runs can stream and run in the background (e.g. the Responses API)."""
 
@@ -60,6 +84,10 @@ def register_channel(channel: Channel) -> None:
 
 def channel_names() -> list[str]:
     return sorted(_channels)
+
+
+def pushing_channels() -> dict[str, PushingChannel]:
+    return {name: channel for name, channel in _channels.items() if hasattr(channel, "push")}
 
 
 def channels_resuming_lost_runs() -> list[str]:
@@ -93,3 +121,17 @@ def register_sweeper(sweep: Callable[[], object]) -> None:
 
 def sweepers() -> list[Callable[[], object]]:
     return list(_sweepers)
+
+
+_finish_hooks: list[Callable[[Run], object]] = []
+
+
+def register_finish_hook(hook: Callable[[Run], object]) -> None:
+    """A function called with each stored run that ends in a worker (`services.finish_run`),
+    inside the transaction that stores its end: e.g. delivery schedules its pushes there."""
+    if hook not in _finish_hooks:
+        _finish_hooks.append(hook)
+
+
+def finish_hooks() -> list[Callable[[Run], object]]:
+    return list(_finish_hooks)

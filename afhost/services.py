@@ -17,7 +17,7 @@ from django_q.tasks import async_task
 from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunEvent
-from afhost.registry import channels_resuming_lost_runs, get_streaming_channel
+from afhost.registry import channels_resuming_lost_runs, finish_hooks, get_streaming_channel
 from afhost.selectors import conversation_history, next_event_sequence
 from afhost.types import ChannelRequest, HostedRunResult, new_item_id
 
@@ -135,6 +135,12 @@ def _new_run(request: ChannelRequest, continuation: _Continuation, **fields) -> 
         attributes=dict(request.attributes),
         input_messages=_message_dicts(request.input),
         truncation=request.truncation,
+        response_target=None
+        if request.response_target.is_default
+        else {
+            **request.response_target.as_dict(),
+            "from": {"channel": request.identity.channel, "native_id": request.identity.native_id},
+        },
         **fields,
     )
 
@@ -383,6 +389,8 @@ def finish_run(
             setattr(run, name, value)
         if events:
             record_events(run=run, events=list(events))
+        for hook in finish_hooks():
+            hook(run)
     run.lease_owner, run.lease_expires_at = "", None
     _end_turn(started, moved_on=finished)
     return finished

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "social_django",
     "django_q",
     "afhost",
@@ -137,6 +138,16 @@ if _IS_CLUSTER:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The operator REST API (delivery/api.py): staff only, by token (made in the admin's "Tokens"
+# page) or by the admin session.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -182,12 +193,16 @@ LOGGING = {
         # One INFO line per HTTP request (each Bot API call) is noise.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # The openai SDK's HTTP client (a model target's every call).
+        "httpx2": {"level": "WARNING"},
+        "httpcore2": {"level": "WARNING"},
     },
 }
 
 # --- afhost ------------------------------------------------------------------------------------
 
-# The hosted agent: "package.module:attribute" naming an agent_framework Agent or an async callable.
+# The hosted agent: "package.module:attribute" naming an agent_framework Agent or an async callable,
+# or a built-in model target: openai, azure-openai or openai-compatible (see "A hosted model").
 AFHOST_TARGET = env_str("AFHOST_TARGET", "afhost.demo:agent")
 # A background run that takes longer than this is stopped and marked failed.
 AFHOST_RUN_TIMEOUT = env_int("AFHOST_RUN_TIMEOUT", 600, minimum=5)
@@ -307,3 +322,28 @@ SOCIAL_AUTH_PIPELINE = [
 SOCIAL_AUTH_PROTECTED_USER_FIELDS = ["username", "first_name", "last_name", "email"]
 SOCIAL_AUTH_RAISE_EXCEPTIONS = False
 SOCIAL_AUTH_LOGIN_ERROR_URL = "/link/failed/"
+
+# --- Delivery (answers pushed to other channels) -----------------------------------------------
+# Attempts at one push before it fails (transient errors: network, 5xx, 429).
+DELIVERY_MAX_ATTEMPTS = env_int("DELIVERY_MAX_ATTEMPTS", 6, minimum=1)
+# Seconds before the first retry; doubles each time (with jitter), up to the maximum.
+DELIVERY_BACKOFF = env_float("DELIVERY_BACKOFF", 2, minimum=0)
+DELIVERY_MAX_BACKOFF = env_float("DELIVERY_MAX_BACKOFF", 300, minimum=0)
+
+# --- A hosted model (AFHOST_TARGET=openai, azure-openai or openai-compatible) -----------------
+# Read by those built-in targets only (afhost.model_presets, via agent-framework-openai).
+# The model's name (OpenAI, OpenAI-compatible servers) or the deployment's name (Azure OpenAI).
+AFHOST_MODEL = env_str("AFHOST_MODEL").strip()
+# The agent's instructions (or AFHOST_INSTRUCTIONS_FILE); a request's own instructions follow.
+AFHOST_INSTRUCTIONS = env_secret("AFHOST_INSTRUCTIONS")
+# Sampling temperature, 0 to 2; unset, the model's default. A request's own temperature wins.
+AFHOST_TEMPERATURE = (
+    env_float("AFHOST_TEMPERATURE", 1, minimum=0) if env_str("AFHOST_TEMPERATURE").strip() else None
+)
+# responses or chat-completions; unset, responses (openai, azure-openai) or chat-completions
+# (openai-compatible).
+AFHOST_MODEL_API = env_str("AFHOST_MODEL_API").strip()
+OPENAI_API_KEY = env_secret("OPENAI_API_KEY")
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL").strip()
+AZURE_OPENAI_ENDPOINT = env_str("AZURE_OPENAI_ENDPOINT").strip()
+AZURE_OPENAI_API_KEY = env_secret("AZURE_OPENAI_API_KEY")

@@ -6,11 +6,14 @@ A target is either
 - a plain async callable `async def answer(messages: list[agent_framework.Message]) -> str`,
   or an async generator function with the same argument that yields `str` chunks (streamed).
   `messages` holds the conversation so far, oldest first, ending with the new input; request
-  instructions, when given, come first as a "system" message.
+  instructions, when given, come first as a "system" message; or
+- a built-in model target, named instead of a module attribute: openai, azure-openai or
+  openai-compatible (afhost.model_presets).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import inspect
@@ -84,12 +87,59 @@ def _checked_text(value: object) -> str:
     return value
 
 
+class TextAppends:
+    """Keeps a target's streamed text as appends, which is how channels stream it.
+
+    A text content with `merge_mode="replace"` stands for the whole text of its run of text
+    contents (agent-framework-openai sends one as each Responses API text part is done, after its
+    deltas): it becomes what it adds to the text streamed so far, usually nothing. Text that was
+    streamed cannot be taken back, so a replacement that does not continue it is left out of the
+    stream (the final response, which agent_framework merges itself, still has it).
+    """
+
+    def __init__(self) -> None:
+        self._text = ""
+
+    def __call__(self, update: AgentResponseUpdate) -> AgentResponseUpdate:
+        contents: list[Content] = []
+        changed = False
+        for content in update.contents:
+            if content.type == "text" and content.merge_mode == "replace":
+                changed = True
+                whole = content.text or ""
+                if whole.startswith(self._text):
+                    if rest := whole[len(self._text) :]:
+                        contents.append(Content.from_text(rest))
+                    self._text = whole
+                continue
+            if content.type == "text":
+                self._text += content.text or ""
+            elif content.type != "usage":
+                self._text = ""
+            contents.append(content)
+        if not changed:
+            return update
+        appended = copy.copy(update)
+        appended.contents = contents
+        return appended
+
+
+# Built-in model targets (afhost.model_presets), named by AFHOST_TARGET instead of an attribute.
+MODEL_PRESETS = ("openai", "azure-openai", "openai-compatible")
+
+
 def load_target(path: str) -> SupportsAgentRun:
-    """Import `module:attribute` and return it as something the host can run."""
+    """Import `module:attribute` (or build a model preset) and return it as something the host
+    can run."""
+    if path in MODEL_PRESETS:
+        from afhost.model_presets import load_model_target
+
+        return load_model_target(path)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise TargetLoadError(
-            f"AFHOST_TARGET must look like 'package.module:attribute', got {path!r}"
+            f"AFHOST_TARGET must look like 'package.module:attribute' or name a model "
+            f"({', '.join(MODEL_PRESETS)}), got {path!r}"
         )
     try:
         module = importlib.import_module(module_name)

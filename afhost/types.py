@@ -30,6 +30,41 @@ class ChannelIdentity:
         return f"{self.channel}:{self.native_id}"
 
 
+# Targets that name no destination of their own.
+ORIGINATING, ACTIVE, ALL_LINKED, NONE = "originating", "active", "all_linked", "none"
+KEYWORD_TARGETS = (ORIGINATING, ACTIVE, ALL_LINKED, NONE)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTarget:
+    """Where a run's answer goes: back to the caller ("originating", the default), and/or pushed
+    to other destinations: "active" (the channel the person used last), "all_linked" (every
+    identity linked to the caller), a channel name (the caller's identities there), or
+    "<channel>:<locator>" (one chat; trusted callers only). "none": the caller polls.
+
+    `echo_input` pushes the caller's input first, marked as theirs, to each other destination.
+    """
+
+    targets: tuple[str, ...] = (ORIGINATING,)
+    echo_input: bool = False
+
+    @property
+    def pushes(self) -> bool:
+        return any(target not in (ORIGINATING, NONE) for target in self.targets)
+
+    @property
+    def is_default(self) -> bool:
+        return self.targets == (ORIGINATING,) and not self.echo_input
+
+    @property
+    def explicit(self) -> list[str]:
+        """The targets that name a destination themselves ("telegram:42")."""
+        return [target for target in self.targets if ":" in target]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"targets": list(self.targets), "echo_input": self.echo_input}
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelRequest:
     """A request to run the hosted target, parsed from any channel's wire format."""
@@ -57,6 +92,7 @@ class ChannelRequest:
     truncation: str = "auto"
     # Claims the channel verified itself (an Entra access token's), or None.
     verified_claims: Mapping[str, Any] | None = None
+    response_target: ResponseTarget = ResponseTarget()
 
     @property
     def isolation_key(self) -> str:

@@ -1,10 +1,13 @@
 import pytest
+from agent_framework import Content, Message
 from django.apps import apps
 from django.contrib import admin
 from django.urls import reverse
 
-from afhost.models import ApiKey, Run
+from afhost.models import ApiKey, Conversation, Run
 from afhost.services import create_api_key
+from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
+from linking.models import Identity
 
 
 @pytest.fixture
@@ -21,7 +24,10 @@ def run_factory(db):
 def test_the_run_changelist_renders_and_escapes_user_data(admin_client, run_factory):
     # given
     run_factory(
-        isolation_key="api:user.<script>", status=Run.Status.FAILED, error={"code": "server_error"}
+        isolation_key="api:acme:user.<script>",
+        model="<b>model</b>",
+        status=Run.Status.FAILED,
+        error={"code": "server_error", "message": "<i>failed</i>"},
     )
 
     # when
@@ -29,15 +35,11 @@ def test_the_run_changelist_renders_and_escapes_user_data(admin_client, run_fact
 
     # then
     assert page.status_code == 200
-    assert b"api:user.&lt;script&gt;" in page.content
-    assert b"api:user.<script>" not in page.content
-
-
-def test_the_run_detail_is_read_only(admin_client, run_factory):
-    run = run_factory()
-    page = admin_client.get(reverse("admin:afhost_run_change", args=[run.pk]))
-    assert page.status_code == 200
-    assert b'name="_save"' not in page.content
+    assert b"&lt;script&gt; (acme)" in page.content
+    assert b"&lt;b&gt;model&lt;/b&gt;" in page.content
+    assert b"&lt;i&gt;failed&lt;/i&gt;" in page.content
+    assert b"<script>" not in page.content
+    assert b"<i>failed" not in page.content
 
 
 def test_adding_an_api_key_shows_the_key_once(admin_client, db):
@@ -133,8 +135,77 @@ def test_the_key_changelist_filters_and_searches_by_partition(admin_client, db):
     assert [k.name for k in searched.context["cl"].result_list] == ["shared"]
 
 
-def test_the_conversation_changelist_renders(admin_client, db):
-    assert admin_client.get(reverse("admin:afhost_conversation_changelist")).status_code == 200
+@pytest.fixture
+def one_of_everything(run_factory):
+    """A row of each model the operator reads, related as they are in use."""
+    api_key, _ = create_api_key(name="backend")
+    identity = Identity.objects.create(
+        channel="telegram", native_id="42", username="ada", isolation_key="telegram:42"
+    )
+    conversation = Conversation.objects.create(
+        channel="telegram", isolation_key="telegram:42", key="user"
+    )
+    run = run_factory(
+        channel="telegram",
+        isolation_key="telegram:42",
+        conversation=conversation,
+        input_messages=[Message("user", [Content.from_text("hello")]).to_dict()],
+        output_messages=[Message("assistant", [Content.from_text("hi")]).to_dict()],
+        attributes={"api_key": str(api_key.public_id)},
+    )
+    conversation.head_run = run
+    conversation.save()
+    chat = TelegramChat.objects.create(chat_id=42, kind="private", title="Ada")
+    TelegramChatMember.objects.create(chat=chat, identity=identity, message_count=1)
+    update = TelegramUpdate.objects.create(
+        update_id=1, chat=chat, payload={"update_id": 1, "message": {"text": "hello"}}, run=run
+    )
+    update.finish(status=TelegramUpdate.Status.PROCESSED)
+    return {
+        "run": run,
+        "conversation": conversation,
+        "identity": identity,
+        "chat": chat,
+        "update": update,
+    }
+
+
+def test_every_admin_page_renders(admin_client, one_of_everything):
+    for model in apps.get_models():
+        if not admin.site.is_registered(model):
+            continue
+        info = (model._meta.app_label, model._meta.model_name)
+
+        # when
+        listing = admin_client.get(reverse("admin:{}_{}_changelist".format(*info)))
+        details = [
+            admin_client.get(reverse("admin:{}_{}_change".format(*info), args=[pk]))
+            for pk in model._default_manager.values_list("pk", flat=True)[:3]
+        ]
+
+        # then
+        assert (info, listing.status_code) == (info, 200)
+        assert [(info, page.status_code) for page in details] == [(info, 200)] * len(details)
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("run", "admin:afhost_run_change"),
+        ("conversation", "admin:afhost_conversation_change"),
+        ("identity", "admin:linking_identity_change"),
+        ("chat", "admin:channels_app_telegramchat_change"),
+        ("update", "admin:channels_app_telegramupdate_change"),
+    ],
+)
+def test_records_the_system_owns_are_view_only(admin_client, one_of_everything, name, url):
+    # when
+    page = admin_client.get(reverse(url, args=[one_of_everything[name].pk]))
+
+    # then
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert b'name="_continue"' not in page.content
 
 
 _CHANGELISTS = [

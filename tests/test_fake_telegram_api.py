@@ -305,3 +305,23 @@ def test_wait_for_and_reset(fake: FakeTelegramApi) -> None:
     assert fake.pending_updates == []
     _run(fake, lambda bot: bot.send_message(42, "y"))
     assert fake.sent_texts() == ["y"]
+
+
+def test_latency_per_method_answers_late_and_records_on_arrival(fake: FakeTelegramApi) -> None:
+    fake.set_latency(0.2, method="sendMessage")
+
+    async def scenario(bot: telegram.Bot) -> tuple[float, float, float]:
+        started = time.monotonic()
+        await bot.get_me()
+        got_me = time.monotonic()
+        await asyncio.gather(bot.send_message(1, "a"), bot.send_message(2, "b"))
+        return started, got_me, time.monotonic()
+
+    started, got_me, sent = _run(fake, scenario)
+
+    assert got_me - started < 0.15  # other methods keep no latency
+    assert 0.2 <= sent - got_me < 0.35  # two connections wait side by side
+    calls = fake.calls_to("sendMessage")
+    assert all(call.at < sent - 0.15 for call in calls)  # recorded on arrival
+    with pytest.raises(ValueError, match="latency must be >= 0"):
+        fake.set_latency(-1)

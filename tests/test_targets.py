@@ -1,10 +1,10 @@
 import asyncio
 
 import pytest
-from agent_framework import Message
+from agent_framework import AgentResponseUpdate, Content, Message
 
 from afhost.checks import check_target
-from afhost.targets import CallableAgent, TargetLoadError, get_target, load_target
+from afhost.targets import CallableAgent, TargetLoadError, TextAppends, get_target, load_target
 
 
 def _run(coroutine):
@@ -89,3 +89,52 @@ def test_the_system_check_reports_a_bad_target(settings):
     get_target.cache_clear()
     assert [error.id for error in errors] == ["afhost.E001"]
     assert "has no 'missing'" in errors[0].msg
+
+
+def _text_update(text, merge_mode=None):
+    return AgentResponseUpdate(
+        role="assistant", contents=[Content.from_text(text, merge_mode=merge_mode)]
+    )
+
+
+def _streamed(updates):
+    appends = TextAppends()
+    return [content.text for u in updates for content in appends(u).contents]
+
+
+def test_a_streamed_replacement_that_restates_the_text_adds_nothing():
+    # agent-framework-openai ends each Responses API text part with its whole text, "replace"
+    assert _streamed(
+        [_text_update("Hello "), _text_update("world"), _text_update("Hello world", "replace")]
+    ) == ["Hello ", "world"]
+
+
+def test_a_streamed_replacement_that_continues_the_text_adds_the_rest():
+    assert _streamed([_text_update("Hel"), _text_update("Hello!", "replace")]) == ["Hel", "lo!"]
+
+
+def test_a_streamed_replacement_that_contradicts_the_text_is_left_out():
+    assert _streamed([_text_update("Hi"), _text_update("Bye", "replace"), _text_update("!")]) == [
+        "Hi",
+        "!",
+    ]
+
+
+def test_a_replacement_covers_only_the_text_since_other_content():
+    # given
+    call = AgentResponseUpdate(
+        role="assistant", contents=[Content.from_function_call("c1", "get_weather", arguments="{}")]
+    )
+
+    # when
+    texts = _streamed(
+        [_text_update("one"), call, _text_update("two"), _text_update("two", "replace")]
+    )
+
+    # then
+    assert texts == ["one", None, "two"]
+
+
+def test_updates_without_replacements_pass_unchanged():
+    update = _text_update("as is")
+    assert TextAppends()(update) is update

@@ -33,9 +33,8 @@ from openai.types.responses.response_item import ResponseItem
 from openai.types.responses.response_output_item import ResponseOutputItem
 from pydantic import BaseModel, TypeAdapter
 
-from afhost.models import Run
+from afhost.models import Run, response_id
 from afhost.types import HostedRunResult, new_item_id
-from channels_app.responses.schemas import response_id
 
 _TERMINAL_EVENTS = {
     "completed": ResponseCompletedEvent,

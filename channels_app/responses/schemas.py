@@ -16,16 +16,18 @@ from django.conf import settings
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 
 from afhost.db import storable
-from afhost.models import Run
+from afhost.models import RESPONSE_ID_PREFIX, Run
+from afhost.registry import pushing_channels
+from afhost.types import KEYWORD_TARGETS, NONE, ResponseTarget
 from channels_app.exceptions import ApiError
 
-RESPONSE_ID_PREFIX = "resp_"
-_RESPONSE_ID = re.compile(r"resp_([0-9a-f]{32})")
+_RESPONSE_ID = re.compile(RESPONSE_ID_PREFIX + r"([0-9a-f]{32})")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
 MAX_MODEL_LENGTH = Run._meta.get_field("model").max_length
 
-# Everything OpenAI's create accepts; of those, what we honour or may safely ignore.
-OPENAI_PARAMS = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
+# Everything OpenAI's create accepts, and our extensions; what we honour or may safely ignore.
+EXTENSION_PARAMS = frozenset({"response_target"})
+OPENAI_PARAMS = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"} | EXTENSION_PARAMS
 SUPPORTED_PARAMS = frozenset(
     {
         "model",
@@ -52,6 +54,7 @@ SUPPORTED_PARAMS = frozenset(
         "prompt_cache_key",
         "text",
         "reasoning",
+        "response_target",
     }
 )
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
@@ -69,10 +72,6 @@ _OPENAI_TYPES = typing.get_type_hints(ResponseCreateParamsBase)
 TRUNCATIONS = _literals(_OPENAI_TYPES["truncation"])
 SERVICE_TIERS = _literals(_OPENAI_TYPES["service_tier"])
 INCLUDABLES = _literals(_OPENAI_TYPES["include"])
-
-
-def response_id(public_id: uuid.UUID) -> str:
-    return RESPONSE_ID_PREFIX + public_id.hex
 
 
 def parse_response_id(value: str) -> uuid.UUID | None:
@@ -96,6 +95,7 @@ class CreateResponse:
     options: dict[str, Any] = field(default_factory=dict)
     # OpenAI's default: a history over the budget fails the create rather than losing turns.
     truncation: str = Run.Truncation.DISABLED
+    response_target: ResponseTarget = ResponseTarget()
 
 
 def _invalid(param: str, message: str, code: str = "invalid_value") -> ApiError:
@@ -267,6 +267,11 @@ def parse_create(body: Mapping[str, Any]) -> CreateResponse:
     truncation = _choice(body, "truncation", TRUNCATIONS) or Run.Truncation.DISABLED
     _choice(body, "service_tier", SERVICE_TIERS)
     _optional(body, "prompt_cache_key", str, "a string")
+    target = parse_response_target(body.get("response_target"))
+    if target.pushes or NONE in target.targets:  # the answer goes elsewhere: run in a worker
+        if store is False:
+            raise _invalid("response_target", "pushing an answer elsewhere needs store=true.")
+        background = True
     model = _optional(body, "model", str, "a string") or ""
     if len(model) > MAX_MODEL_LENGTH:
         raise _invalid("model", f"expected at most {MAX_MODEL_LENGTH} characters.")
@@ -284,7 +289,64 @@ def parse_create(body: Mapping[str, Any]) -> CreateResponse:
         safety_identifier=_optional(body, "safety_identifier", str, "a string"),
         options={key: value for key, value in options.items() if value is not None},
         truncation=truncation,
+        response_target=target,
     )
+
+
+_TARGET_KINDS = (*KEYWORD_TARGETS, "channel", "channels", "identities")
+_TARGET_SHAPES = (
+    'a target ("originating", "active", "all_linked", "none", a channel such as "telegram", '
+    'or "telegram:<chat_id>"), a list of them, or {"kind": ..., "targets": [...], '
+    '"echo_input": true}'
+)
+
+
+def parse_response_target(value: Any) -> ResponseTarget:
+    """afhost's `response_target` extension: where the answer goes besides the caller."""
+    if value is None:
+        return ResponseTarget()
+    echo_input = False
+    if isinstance(value, dict):
+        unknown = set(value) - {"kind", "targets", "echo_input"}
+        if unknown:
+            raise _invalid("response_target", f"unknown field {sorted(unknown)[0]!r}.")
+        kind, targets = value.get("kind", "channels"), value.get("targets")
+        echo_input = value.get("echo_input", False)
+        if kind not in _TARGET_KINDS:
+            raise _invalid("response_target", f"unknown kind {kind!r}; use one of {_TARGET_KINDS}.")
+        if not isinstance(echo_input, bool):
+            raise _type_error("response_target.echo_input", "a boolean", echo_input)
+        if kind in KEYWORD_TARGETS:
+            if targets:
+                raise _invalid("response_target", f"kind {kind!r} takes no targets.")
+            value = [kind]
+        else:
+            value = targets
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or len(value) > 16:
+        raise _invalid("response_target", f"expected {_TARGET_SHAPES}.")
+    return ResponseTarget(tuple(_target(item) for item in value), echo_input=echo_input)
+
+
+def _target(item: Any) -> str:
+    if not isinstance(item, str):
+        raise _invalid("response_target", f"expected {_TARGET_SHAPES}.")
+    if item in KEYWORD_TARGETS:
+        return item
+    channels = pushing_channels()
+    name, colon, locator = item.partition(":")
+    if name not in channels:
+        known = ", ".join(sorted(channels)) or "none"
+        raise _invalid(
+            "response_target", f"{item!r} names no channel that can receive pushes ({known})."
+        )
+    if colon:
+        try:
+            channels[name].push_locator(locator)
+        except ValueError as exc:
+            raise _invalid("response_target", f"{item!r}: {exc}.") from None
+    return item
 
 
 def _conversation(value: Any) -> str | None:

@@ -59,6 +59,15 @@ def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelReques
         "call_id": caller.call_id,
         "api_key": None if caller.api_key is None else str(caller.api_key.public_id),
     }
+    if params.response_target.explicit and not (caller.api_key and caller.api_key.is_trusted):
+        raise ApiError(
+            403,
+            "Only a trusted API key may name chats in 'response_target'; other callers reach "
+            "the identities linked to them ('active', 'all_linked', or a channel name).",
+            type="permission_error",
+            param="response_target",
+            code="untrusted_response_target",
+        )
     return ChannelRequest(
         channel=ResponsesChannel.name,
         identity=caller.identity,
@@ -74,6 +83,7 @@ def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelReques
         previous_run_id=previous_run_id,
         conversation_key=conversation_key,
         truncation=params.truncation,
+        response_target=params.response_target,
         verified_claims=caller.verified_claims,
     )
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import models
 from django.utils import timezone
@@ -65,6 +66,8 @@ class TelegramUpdate(TimestampedModel):
 
     MAX_ATTEMPTS = 5
     RETRY_BASE = timedelta(seconds=5)
+    # Attempts kept in attempt_history, the newest.
+    HISTORY_LIMIT = 50
 
     update_id = models.BigIntegerField(unique=True)
     chat = models.ForeignKey(
@@ -82,6 +85,11 @@ class TelegramUpdate(TimestampedModel):
         "afhost.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     sent_parts = models.PositiveIntegerField(default=0)
+    # How each attempt ended, oldest first ({at, attempt, outcome, error, run}); re-processing
+    # keeps it. A list on the row, written with the attempt's end in the same statement.
+    attempt_history = models.JSONField(default=list, blank=True, editable=False)
+    # Set when its author's message was counted in the chat's members (on the first attempt).
+    counted_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [
@@ -96,9 +104,26 @@ class TelegramUpdate(TimestampedModel):
     def __str__(self) -> str:
         return f"update {self.update_id} ({self.status})"
 
+    def _history_with(self, *, at: datetime, outcome: str, error: str) -> list[dict[str, Any]]:
+        """The attempt history with the attempt now ending (the last HISTORY_LIMIT of them)."""
+        entry = {
+            "at": at.isoformat(),
+            "attempt": self.attempts + 1,
+            "outcome": outcome,
+            "error": error,
+            "run": self.run_id,
+        }
+        return [*self.attempt_history, entry][-self.HISTORY_LIMIT :]
+
     def finish(self, *, status: str, error: str = "", sent_parts: int | None = None) -> None:
         now = timezone.now()
-        fields = {"status": status, "processed_at": now, "last_error": error, "updated_at": now}
+        fields = {
+            "status": status,
+            "processed_at": now,
+            "last_error": error,
+            "attempt_history": self._history_with(at=now, outcome=status, error=error),
+            "updated_at": now,
+        }
         if sent_parts is not None:
             fields["sent_parts"] = sent_parts
         TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
@@ -111,11 +136,15 @@ class TelegramUpdate(TimestampedModel):
         """Count a failed attempt: retry later with backoff, or give up after MAX_ATTEMPTS."""
         attempts = self.attempts + 1
         now = timezone.now()
+        gives_up = attempts >= self.MAX_ATTEMPTS
         fields = {
             "attempts": attempts,
             "last_error": error,
             "next_attempt_at": now + self.RETRY_BASE * 2 ** (attempts - 1),
-            "status": self.Status.FAILED if attempts >= self.MAX_ATTEMPTS else self.Status.PENDING,
+            "status": self.Status.FAILED if gives_up else self.Status.PENDING,
+            "attempt_history": self._history_with(
+                at=now, outcome=self.Status.FAILED if gives_up else "retry", error=error
+            ),
             "updated_at": now,
         }
         TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
@@ -126,11 +155,50 @@ class TelegramUpdate(TimestampedModel):
 
     def record_interruption(self) -> bool:
         """Count an attempt whose worker died mid-turn; False if that used up the attempts."""
-        self.attempts += 1
+        now = timezone.now()
         self.last_error = "interrupted: the worker answering it stopped"
+        self.attempt_history = self._history_with(
+            at=now, outcome="interrupted", error=self.last_error
+        )
+        self.attempts += 1
         TelegramUpdate.objects.filter(pk=self.pk).update(
-            attempts=self.attempts, last_error=self.last_error, updated_at=timezone.now()
+            attempts=self.attempts,
+            last_error=self.last_error,
+            attempt_history=self.attempt_history,
+            updated_at=now,
         )
         return self.attempts < self.MAX_ATTEMPTS
 
     record_interruption.alters_data = True
+
+    def mark_counted(self) -> bool:
+        """Note that its author's message was counted in the chat's members; False if an
+        earlier attempt at this update counted it already."""
+        if self.counted_at is not None:
+            return False
+        now = timezone.now()
+        counted = TelegramUpdate.objects.filter(pk=self.pk, counted_at__isnull=True).update(
+            counted_at=now, updated_at=now
+        )
+        self.counted_at = now
+        return bool(counted)
+
+    mark_counted.alters_data = True
+
+    def requeue(self, *, keep_run: bool) -> None:
+        """Queue the update for new attempts (an operator's re-process); its attempt history
+        stays. Without `keep_run`, its agent run is forgotten and the agent answers afresh."""
+        now = timezone.now()
+        fields: dict[str, Any] = {
+            "status": self.Status.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "updated_at": now,
+        }
+        if not keep_run:
+            fields.update(run=None, sent_parts=0)
+        TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    requeue.alters_data = True

@@ -132,7 +132,7 @@ ENGINE_BOT_CONNECTIONS = 32
 
 
 @contextlib.asynccontextmanager
-async def _bot() -> AsyncIterator[Bot]:
+async def job_bot() -> AsyncIterator[Bot]:
     """The bot a drain answers with: the engine's in a worker, a bot of its own elsewhere."""
     if in_engine():
         loop = asyncio.get_running_loop()
@@ -202,19 +202,21 @@ def _author(message: TgMessage) -> ChannelIdentity:
 
 
 @transaction.atomic
-def _record_member(chat: TelegramChat, identity: Identity) -> None:
+def _record_member(chat: TelegramChat, identity: Identity, update: TelegramUpdate) -> None:
     now = timezone.now()
-    counted = TelegramChatMember.objects.filter(chat=chat, identity=identity).update(
-        message_count=F("message_count") + 1, last_message_at=now, updated_at=now
-    )
-    if not counted:  # their first message here
-        member, created = TelegramChatMember.objects.get_or_create(
-            chat=chat, identity=identity, defaults={"message_count": 1, "last_message_at": now}
+    # Every attempt at an update comes here; its message is counted on the first one.
+    if update.mark_counted():
+        counted = TelegramChatMember.objects.filter(chat=chat, identity=identity).update(
+            message_count=F("message_count") + 1, last_message_at=now, updated_at=now
         )
-        if not created:  # a message in another worker got there first
-            TelegramChatMember.objects.filter(pk=member.pk).update(
-                message_count=F("message_count") + 1, last_message_at=now, updated_at=now
+        if not counted:  # their first message here
+            member, created = TelegramChatMember.objects.get_or_create(
+                chat=chat, identity=identity, defaults={"message_count": 1, "last_message_at": now}
             )
+            if not created:  # a message in another worker got there first
+                TelegramChatMember.objects.filter(pk=member.pk).update(
+                    message_count=F("message_count") + 1, last_message_at=now, updated_at=now
+                )
     if chat.blocked_at:
         TelegramChat.objects.filter(pk=chat.pk).update(
             blocked_at=None, blocked_reason="", updated_at=now
@@ -512,7 +514,7 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
         identity, outcome = await db_call(turns.identify)(_author(message), profile=profile), None
     else:
         identity, outcome = await db_call(turns.admit)(_author(message), profile=profile)
-    await db_call(_record_member)(chat, identity)
+    await db_call(_record_member)(chat, identity, update)
     thread_id = message.message_thread_id if message.is_topic_message else None
     target = ReplyTarget(
         message.chat.id, thread_id, None if message.chat.type == "private" else message.message_id
@@ -535,6 +537,11 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
         return TelegramUpdate.Status.FAILED, f"Telegram refused delivery: {exc.args[0]}"
     except PermanentSendError as exc:
         return TelegramUpdate.Status.FAILED, f"Telegram rejected the reply: {exc.args[0]}"
+    # The answer's run, as _answer_with_agent left it (no query); failed, the person got an apology.
+    run = update.run if TelegramUpdate.run.is_cached(update) else None
+    if run is not None and run.status == Run.Status.FAILED:
+        error = run.error_detail or (run.error or {}).get("message", "")
+        return TelegramUpdate.Status.FAILED, f"the agent's run failed: {error}"
     return TelegramUpdate.Status.PROCESSED, note
 
 
@@ -548,7 +555,7 @@ async def confirm_link(challenge_pk: int) -> None:
     name = challenge.grant.upn or challenge.grant.name or "your organisation account"
     text = f"Linked: I know you now as {name}. /whoami shows what counts; /unlink removes it."
     target = ReplyTarget(challenge.notify["chat_id"], challenge.notify.get("thread_id"), None)
-    async with _bot() as bot:
+    async with job_bot() as bot:
         for part in render_reply(text):
             await _send_part(bot, target, part, first=False)
 
@@ -578,7 +585,7 @@ async def drain_chat(chat: TelegramChat) -> None:
     A failed attempt (Telegram unreachable, even for the bot's own getMe) counts against the
     update it was for.
     """
-    async with _bot() as bot:
+    async with job_bot() as bot:
         while (update := await db_call(next_update)(chat=chat)) is not None:
             if update.next_attempt_at > timezone.now():
                 return

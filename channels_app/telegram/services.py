@@ -17,6 +17,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from afhost.db import storable
+from afhost.models import Run
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
 from linking.models import LinkChallenge
 
@@ -134,22 +135,29 @@ def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
     return update
 
 
-def reprocess_updates(*, updates: Iterable[TelegramUpdate]) -> int:
-    """Queue failed or pending updates again (admin action); processed ones are left alone."""
-    count = 0
-    for update in updates:
-        if update.chat_id is None or update.status == TelegramUpdate.Status.PROCESSED:
-            continue
+def reprocess_updates(*, updates: Iterable[TelegramUpdate]) -> list[TelegramUpdate]:
+    """Queue failed or pending updates again (admin action); processed ones are left alone.
+
+    Their attempt history stays. An update whose agent run failed is answered by a new run (the
+    person was sent an apology); one that failed otherwise continues from its run, sending only
+    the parts of the reply not delivered yet. Returns the updates queued.
+    """
+    candidates = [
+        update
+        for update in updates
+        if update.chat_id is not None and update.status != TelegramUpdate.Status.PROCESSED
+    ]
+    failed_runs = set(
+        Run.objects.filter(
+            pk__in=[update.run_id for update in candidates if update.run_id is not None],
+            status=Run.Status.FAILED,
+        ).values_list("pk", flat=True)
+    )
+    for update in candidates:
         with transaction.atomic():
-            TelegramUpdate.objects.filter(pk=update.pk).update(
-                status=TelegramUpdate.Status.PENDING,
-                attempts=0,
-                next_attempt_at=timezone.now(),
-                updated_at=timezone.now(),
-            )
+            update.requeue(keep_run=update.run_id not in failed_runs)
             enqueue_chat(chat=update.chat)
-        count += 1
-    return count
+    return candidates
 
 
 def sweep_updates(*, now: datetime | None = None) -> int:

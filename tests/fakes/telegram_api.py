@@ -58,6 +58,12 @@ Methods with canned results: ``getMe``, ``sendMessage``, ``sendPhoto``, ``sendDo
 ``Conflict`` while a webhook is set), ``setWebhook``, ``deleteWebhook``, ``getWebhookInfo``,
 ``getFile``. Any other method answers ``true``. Uploaded photos and documents are registered as
 files, so ``getFile`` and downloads work for the ``file_id`` the fake returned.
+
+Latency: ``FakeTelegramApi(TOKEN, latency=0.05)`` answers every method call 50 ms after it
+arrived, like a round trip to api.telegram.org; ``set_latency(0.05, method="sendMessage")`` sets
+it for one method (``method=None``: the default for all). A call is still recorded on arrival
+(``Call.at``); each connection has its own thread, so calls on different connections wait side
+by side.
 """
 
 from __future__ import annotations
@@ -203,6 +209,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = True  # server_close() joins handler threads (after close_connections)
     allow_reuse_address = True
+    # socketserver's default backlog is 5: dozens of clients connecting at once would see
+    # dropped connections and 1 s SYN retries, which the real Bot API does not cause.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], fake: FakeTelegramApi) -> None:
         self.fake = fake
@@ -306,8 +315,13 @@ class FakeTelegramApi:
         port: int = 0,
         bot_username: str = "test_bot",
         bot_id: int = 123456,
+        latency: float = 0.0,
     ) -> None:
+        if latency < 0:
+            raise ValueError("latency must be >= 0")
         self.token = token
+        # Seconds from a method call's arrival to its answer, by method (None: any method).
+        self._latency: dict[str | None, float] = {None: latency}
         self.bot_username = bot_username
         self.bot_id = bot_id
         self._port = port
@@ -451,6 +465,14 @@ class FakeTelegramApi:
             self._pending.clear()
             self._cond.notify_all()
 
+    def set_latency(self, seconds: float, *, method: str | None = None) -> None:
+        """Answer calls of ``method`` (every method without one of its own, if None) ``seconds``
+        after they arrive."""
+        if seconds < 0:
+            raise ValueError("latency must be >= 0")
+        with self._cond:
+            self._latency[method] = seconds
+
     def fail_next(
         self,
         method: str,
@@ -550,6 +572,16 @@ class FakeTelegramApi:
 
     def _call(self, method: str, query: str, content_type: str, body: bytes) -> _Response:
         at = time.monotonic()
+        response = self._answer(method, at, query, content_type, body)
+        with self._cond:
+            latency = self._latency.get(method, self._latency[None])
+        if latency > 0:
+            time.sleep(max(0.0, at + latency - time.monotonic()))
+        return response
+
+    def _answer(
+        self, method: str, at: float, query: str, content_type: str, body: bytes
+    ) -> _Response:
         try:
             params = self._parse_params(query, content_type, body)
         except _ApiError as exc:

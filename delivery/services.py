@@ -1,0 +1,393 @@
+"""Durable pushes of a run's answer to other channels (a run's ResponseTarget).
+
+When a run with pushes ends (`schedule_deliveries`, in the transaction that stores its end), one
+DeliveryTask per destination and phase is created and its id queued on commit. A worker claims a
+task with a conditional UPDATE under a lease (`push_delivery`), checks that the destination may
+still be reached (link, block, policy), pushes through the channel, and records the attempt:
+sent; retried later with exponential backoff and jitter (network, 5xx, 429 as long as asked);
+or failed for good with a readable reason. A group that moved to a supergroup is followed.
+
+At most once per phase and destination: the idempotency key allows one task per phase and
+destination, a task is claimed (one UPDATE) right before its push and marked sent right after,
+and each part of a long message is recorded as the channel accepts it. What remains is the push
+in flight: a worker that dies between handing a part to the channel and recording it leaves the
+task interrupted (the part may have arrived), and it is not sent again on its own; an operator
+sees it, with that explanation, and may retry it. So does a part Telegram took but did not
+answer in time. A worker that stalled past its lease and then hears that the push went through
+records the interrupted task sent after all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from agent_framework import Message
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from afhost.db import db_call
+from afhost.exceptions import PushError
+from afhost.leases import free, give_back, take_lease
+from afhost.models import Run
+from afhost.registry import pushing_channels
+from afhost.types import ACTIVE, ALL_LINKED, NONE, ORIGINATING
+from delivery.models import DeliveryAttempt, DeliveryTask
+from linking import services as linking
+from linking.models import ChannelPolicy, Identity
+
+logger = logging.getLogger(__name__)
+
+# A retry sooner than this is awaited by the job that failed (a coroutine, holding nothing);
+# a later one is handed out again by the sweeper.
+WAIT_IN_JOB = 60.0
+INTERRUPTED = (
+    "The worker stopped while the channel was receiving this message: it may have arrived, so "
+    "it was not sent again. Retry it if the person did not get it."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    channel: str
+    locator: dict
+    identity: Identity | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.channel}:" + ":".join(str(v) for v in self.locator.values() if v is not None)
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
+
+def destinations(*, targets: Iterable[str], caller: Identity | None) -> list[Destination]:
+    """Where the targets lead: explicit chats as named, the keywords and channel names through
+    the identities linked to the caller (never anyone else's)."""
+    channels = pushing_channels()
+    linked: list[Identity] = []
+    if caller is not None:
+        person = linking.person_of(caller)
+        linked = [each for each in person.identities if each.channel in channels and each != caller]
+    found: dict[str, Destination] = {}
+
+    def add(identity: Identity) -> None:
+        locator = channels[identity.channel].identity_locator(identity.native_id)
+        destination = Destination(identity.channel, locator, identity)
+        found.setdefault(destination.key, destination)
+
+    for target in targets:
+        if target in (ORIGINATING, NONE):
+            continue
+        if target == ALL_LINKED:
+            for identity in linked:
+                add(identity)
+        elif target == ACTIVE:
+            seen = [each for each in linked if each.last_seen_at is not None]
+            if seen:
+                add(max(seen, key=lambda each: each.last_seen_at))
+        elif ":" in target:
+            channel, _, value = target.partition(":")
+            destination = Destination(channel, channels[channel].push_locator(value))
+            found.setdefault(destination.key, destination)
+        else:
+            for identity in linked:
+                if identity.channel == target:
+                    add(identity)
+    return list(found.values())
+
+
+def _text(messages: list[dict], *, role: str = "assistant") -> str:
+    texts = (Message.from_dict(data) for data in messages if data.get("role") == role)
+    return "\n".join(message.text for message in texts if message.text)
+
+
+def schedule_deliveries(run: Run) -> list[DeliveryTask]:
+    """The pushes a run that just ended asks for (afhost's finish hook, in its transaction)."""
+    spec = run.response_target
+    if not spec or run.status not in (Run.Status.COMPLETED, Run.Status.INCOMPLETE):
+        return []
+    caller = Identity.objects.filter(**spec["from"]).first()
+    found = destinations(targets=spec["targets"], caller=caller)
+    answer = _text(run.output_messages)
+    if not found or not answer:
+        return []
+    now = timezone.now()
+    echo = _text(run.input_messages, role="user")
+    # The run's end handled again (a hook run twice) adds nothing: one task per key, ever.
+    existing = {task.idempotency_key: task for task in DeliveryTask.objects.filter(run=run)}
+    tasks: list[DeliveryTask] = []
+    for destination in found:
+        phases = [DeliveryTask.Phase.ANSWER]
+        if spec.get("echo_input") and echo:
+            phases.insert(0, DeliveryTask.Phase.ECHO)
+        before = None
+        for phase in phases:
+            key = f"{run.public_id}:{destination.key}:{phase}"
+            if key in existing:
+                before = existing[key]
+                continue
+            text = answer if phase == DeliveryTask.Phase.ANSWER else f"**You:** {echo}"
+            before = DeliveryTask(
+                run=run,
+                channel=destination.channel,
+                identity=destination.identity,
+                locator=destination.locator,
+                phase=phase,
+                text=text,
+                after=before,
+                idempotency_key=key,
+                max_attempts=settings.DELIVERY_MAX_ATTEMPTS,
+                next_attempt_at=now,
+            )
+            tasks.append(before)
+    for task in tasks:  # one by one, in order: an answer names the echo before it
+        task.save(force_insert=True)
+    enqueue(tasks)
+    return tasks
+
+
+def enqueue(tasks: Iterable[DeliveryTask]) -> None:
+    """Queue the tasks' ids for the workers once the transaction commits."""
+    ids = [task.pk for task in tasks]
+    transaction.on_commit(lambda: [_queue(pk) for pk in ids])
+
+
+def _queue(pk: int) -> None:
+    async_task("delivery.tasks.push_delivery", pk, q_options={"group": "delivery"})
+
+
+# --- pushing ------------------------------------------------------------------------------------
+
+
+def _claim(pk: int) -> DeliveryTask | None:
+    """Lease a due task whose echo (if any) has ended, as one attempt more."""
+    now = timezone.now()
+    ready = Q(status=DeliveryTask.Status.PENDING, next_attempt_at__lte=now) & (
+        Q(after__isnull=True) | Q(after__status__in=DeliveryTask.TERMINAL)
+    )
+    owner = take_lease(
+        DeliveryTask,
+        pk,
+        where=Q(pk__in=DeliveryTask.objects.filter(ready).values("pk")),
+        status=DeliveryTask.Status.SENDING,
+        attempts=F("attempts") + 1,
+    )
+    if not owner:
+        return None
+    task = DeliveryTask.objects.select_related("run").get(pk=pk)
+    DeliveryAttempt.objects.create(task=task, number=task.attempts, started_at=now)
+    return task
+
+
+def _refusal(task: DeliveryTask) -> str:
+    """Why the destination may no longer be reached, or "" (checked before each push)."""
+    if task.identity_id is None:
+        return ""
+    identity = task.identity
+    spec = task.run.response_target or {}
+    caller = Identity.objects.filter(**spec.get("from", {})).first()
+    if caller is None or identity not in linking.person_of(caller).identities:
+        return "not delivered: the person's link to the caller was revoked"
+    policy = ChannelPolicy.objects.filter(channel=identity.channel).select_related("allowlist")
+    outcome = linking.decide(person=linking.person_of(identity), policy=policy.first())
+    if not isinstance(outcome, linking.Allowed):
+        return f"not delivered: the {identity.channel} policy refuses {identity}: {outcome.reason}"
+    return ""
+
+
+def _backoff(task: DeliveryTask, error: PushError) -> float:
+    if error.retry_after is not None:
+        return error.retry_after
+    base = settings.DELIVERY_BACKOFF * 2 ** (task.attempts - 1)
+    return min(settings.DELIVERY_MAX_BACKOFF, base) * random.uniform(0.5, 1.5)  # noqa: S311
+
+
+def _end_attempt(task: DeliveryTask, outcome: str, error: str = "") -> None:
+    DeliveryAttempt.objects.filter(task=task, number=task.attempts).update(
+        finished_at=timezone.now(), outcome=outcome, error=error
+    )
+
+
+@transaction.atomic
+def _record(task: DeliveryTask, *, error: PushError | None) -> float | None:
+    """Store how the attempt ended; the seconds until the next one, or None when it is over."""
+    now = timezone.now()
+    if error is None:
+        sent = {
+            "status": DeliveryTask.Status.SENT,
+            "sent_at": now,
+            "sent_parts": task.sent_parts,
+            "last_error": "",
+        }
+        if give_back(DeliveryTask, task.pk, task.lease_owner, **sent) or _sent_after_all(
+            task, now=now, **sent
+        ):
+            _end_attempt(task, DeliveryAttempt.Outcome.SENT)
+        return None
+    changes = {"last_error": error.message, "sent_parts": task.sent_parts}
+    if error.moved_to is not None:
+        changes.update(locator=error.moved_to, max_attempts=F("max_attempts") + 1)
+        delay: float | None = 0.0
+    elif error.permanent or task.attempts >= task.max_attempts:
+        delay = None
+    else:
+        delay = _backoff(task, error)
+    if delay is None:
+        status, outcome = DeliveryTask.Status.FAILED, DeliveryAttempt.Outcome.FAILED
+    else:
+        status, outcome = DeliveryTask.Status.PENDING, DeliveryAttempt.Outcome.RETRY
+        changes["next_attempt_at"] = now + timedelta(seconds=delay)
+    if not give_back(DeliveryTask, task.pk, task.lease_owner, status=status, **changes):
+        # The lease ran out meanwhile and the sweeper ended the task (and this attempt).
+        logger.warning("delivery %s: lease lost before %s was recorded", task.pk, outcome)
+        return None
+    _end_attempt(task, outcome, error.message)
+    if error.unreachable and task.identity is not None:
+        task.identity.mark_unreachable(error.message)
+    return delay
+
+
+def _sent_after_all(task: DeliveryTask, *, now: datetime, **sent) -> bool:
+    """Record as sent a task the sweeper gave up as interrupted (its worker stalled past the
+    lease) during this very attempt: it did arrive, so nobody should send it again."""
+    if DeliveryTask.objects.filter(
+        free(now), pk=task.pk, status=DeliveryTask.Status.INTERRUPTED, attempts=task.attempts
+    ).update(updated_at=now, **sent):
+        logger.warning("delivery %s was sent after all (its lease ran out meanwhile)", task.pk)
+        return True
+    return False
+
+
+class _Progress:
+    """The parts of the task's message the channel accepted, recorded as they are."""
+
+    def __init__(self, task: DeliveryTask) -> None:
+        self.task = task
+
+    @property
+    def sent_parts(self) -> int:
+        return self.task.sent_parts
+
+    async def part_sent(self) -> None:
+        # Recorded at once, also the first part: a worker that dies before the next part is
+        # done must not leave a retry to send this one again.
+        self.task.sent_parts += 1
+        await db_call(DeliveryTask.objects.filter(pk=self.task.pk).update)(
+            sent_parts=self.task.sent_parts, updated_at=timezone.now()
+        )
+
+
+async def push_delivery(pk: int) -> None:
+    """A worker's job for one task: push it (retrying soon failures in place), then push the
+    tasks that waited for it (an answer after its echo)."""
+    todo = [pk]
+    while todo:
+        current = todo.pop(0)
+        await _push_until_settled(current)
+        todo.extend(await db_call(_waiting_for)(current))
+
+
+async def _push_until_settled(pk: int) -> None:
+    delay = await _attempt(pk)
+    if delay is not None and delay <= WAIT_IN_JOB:
+        await asyncio.sleep(delay)
+        await _push_until_settled(pk)
+
+
+def _waiting_for(pk: int) -> list[int]:
+    pending = DeliveryTask.objects.filter(after_id=pk, status=DeliveryTask.Status.PENDING)
+    return list(pending.values_list("pk", flat=True))
+
+
+async def _attempt(pk: int) -> float | None:
+    """One attempt at the task; the seconds until it is due again, or None."""
+    task = await db_call(_claim)(pk)
+    if task is None:
+        return None
+    channel = pushing_channels().get(task.channel)
+    refusal = await db_call(_refusal)(task)
+    if channel is None or refusal:
+        reason = refusal or f"no channel named {task.channel!r} can push"
+        return await db_call(_record)(task, error=PushError(reason, permanent=True))
+    try:
+        await channel.push(task.locator, task.text, progress=_Progress(task))
+    except PushError as exc:
+        logger.info("delivery %s attempt %d: %s", task.pk, task.attempts, exc.message)
+        return await db_call(_record)(task, error=exc)
+    except Exception as exc:  # a bug or an unforeseen failure: retried, visibly
+        logger.exception("delivery %s attempt %d failed", task.pk, task.attempts)
+        return await db_call(_record)(task, error=PushError(f"{type(exc).__name__}: {exc}"))
+    return await db_call(_record)(task, error=None)
+
+
+# --- recovery and operators --------------------------------------------------------------------
+
+
+def sweep_deliveries(*, now: datetime | None = None) -> tuple[int, int]:
+    """Mark tasks whose worker died mid-push interrupted, and queue again due tasks nobody is
+    working on (their queue task was lost, or their retry was too far off to wait for).
+
+    Returns (interrupted, queued again).
+    """
+    now = now or timezone.now()
+    lost = DeliveryTask.objects.filter(free(now), status=DeliveryTask.Status.SENDING)
+    interrupted = 0
+    for task in lost.only("pk", "attempts"):
+        with transaction.atomic():
+            if DeliveryTask.objects.filter(free(now), pk=task.pk, status="sending").update(
+                status=DeliveryTask.Status.INTERRUPTED,
+                last_error=INTERRUPTED,
+                lease_owner="",
+                lease_expires_at=None,
+                updated_at=now,
+            ):
+                _end_attempt(task, DeliveryAttempt.Outcome.INTERRUPTED, INTERRUPTED)
+                interrupted += 1
+    # Due for a while (a freshly queued task is left to its queue task).
+    stale = now - timedelta(seconds=settings.AFHOST_LEASE_SECONDS / 3)
+    due = list(
+        DeliveryTask.objects.filter(
+            status=DeliveryTask.Status.PENDING, next_attempt_at__lte=stale
+        ).values_list("pk", flat=True)[:1000]
+    )
+    for pk in due:
+        _queue(pk)
+    return interrupted, len(due)
+
+
+@transaction.atomic
+def retry_deliveries(*, tasks: QuerySet[DeliveryTask]) -> int:
+    """Send ended tasks again now, with a fresh budget of attempts (an operator's retry)."""
+    now = timezone.now()
+    chosen = list(
+        tasks.filter(
+            status__in=(
+                DeliveryTask.Status.FAILED,
+                DeliveryTask.Status.INTERRUPTED,
+                DeliveryTask.Status.CANCELLED,
+            )
+        ).values_list("pk", flat=True)
+    )
+    DeliveryTask.objects.filter(pk__in=chosen).update(
+        status=DeliveryTask.Status.PENDING,
+        next_attempt_at=now,
+        max_attempts=F("attempts") + settings.DELIVERY_MAX_ATTEMPTS,
+        updated_at=now,
+    )
+    transaction.on_commit(lambda: [_queue(pk) for pk in chosen])
+    return len(chosen)
+
+
+def cancel_deliveries(*, tasks: QuerySet[DeliveryTask]) -> int:
+    """Cancel the tasks not sent or being sent yet."""
+    return tasks.filter(status=DeliveryTask.Status.PENDING).update(
+        status=DeliveryTask.Status.CANCELLED, updated_at=timezone.now()
+    )
