@@ -29,6 +29,7 @@ from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
 from afhost.models import ApiKey, Conversation, Run, parse_public_id, response_id
+from afhost.registry import channel_names
 from afhost.services import create_api_key, revoke_api_keys
 from linking.models import Identity, LinkGrant
 
@@ -451,6 +452,19 @@ class OwnersChangeList(ChangeList):
 _RUN_PAYLOAD = ("input_messages", "output_messages", "output_items", "instructions", "options")
 
 
+class RunChannelFilter(admin.SimpleListFilter):
+    """The registered channels (a DISTINCT over the runs would read the whole table)."""
+
+    title = "channel"
+    parameter_name = "channel"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in channel_names()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(channel=self.value()) if self.value() else queryset
+
+
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
@@ -464,7 +478,7 @@ class RunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "short_error",
         "created",
     )
-    list_filter = ("status", "channel", "is_background", HasErrorFilter)
+    list_filter = ("status", RunChannelFilter, "is_background", HasErrorFilter)
     search_fields = ("isolation_key",)
     search_help_text = "A response id (resp_…), or part of an isolation key."
     show_full_result_count = False

@@ -50,8 +50,8 @@ class PushProgress(Protocol):
 
     sent_parts: int
 
-    async def part_sent(self) -> None:
-        """Record that one more part of the message was accepted by the channel."""
+    async def part_sent(self, *, last: bool) -> None:
+        """Record that one more part of the message (`last`: its last) was accepted."""
 
 
 class PushingChannel(Channel, Protocol):

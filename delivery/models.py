@@ -86,7 +86,6 @@ class DeliveryTask(TimestampedModel, LeasedModel):
 
 class DeliveryAttempt(models.Model):
     class Outcome(models.TextChoices):
-        SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         RETRY = "retry", "Failed, will retry"
         FAILED = "failed", "Failed"
@@ -95,8 +94,8 @@ class DeliveryAttempt(models.Model):
     task = models.ForeignKey(DeliveryTask, on_delete=models.CASCADE, related_name="attempt_log")
     number = models.PositiveIntegerField()
     started_at = models.DateTimeField()
-    finished_at = models.DateTimeField(null=True, blank=True)
-    outcome = models.CharField(max_length=12, choices=Outcome.choices, default=Outcome.SENDING)
+    finished_at = models.DateTimeField()
+    outcome = models.CharField(max_length=12, choices=Outcome.choices)
     error = models.TextField(blank=True)
 
     class Meta:

@@ -167,8 +167,9 @@ def _queue(pk: int) -> None:
 # --- pushing ------------------------------------------------------------------------------------
 
 
-def _claim(pk: int) -> DeliveryTask | None:
-    """Lease a due task whose echo (if any) has ended, as one attempt more."""
+def _claim(pk: int) -> tuple[DeliveryTask, str] | None:
+    """Lease a due task whose echo (if any) has ended, as one attempt more; with the reason its
+    destination may no longer be reached ("" when it may)."""
     now = timezone.now()
     ready = Q(status=DeliveryTask.Status.PENDING, next_attempt_at__lte=now) & (
         Q(after__isnull=True) | Q(after__status__in=DeliveryTask.TERMINAL)
@@ -182,9 +183,17 @@ def _claim(pk: int) -> DeliveryTask | None:
     )
     if not owner:
         return None
-    task = DeliveryTask.objects.select_related("run").get(pk=pk)
-    DeliveryAttempt.objects.create(task=task, number=task.attempts, started_at=now)
-    return task
+    task = DeliveryTask.objects.select_related("run", "identity").only(*_PUSH_FIELDS).get(pk=pk)
+    return task, _refusal(task)
+
+
+# What a push reads of a task and its run (not the run's messages).
+_PUSH_FIELDS = (
+    *(field.name for field in DeliveryTask._meta.concrete_fields),
+    "run__id",
+    "run__response_target",
+    "identity",
+)
 
 
 def _refusal(task: DeliveryTask) -> str:
@@ -210,9 +219,14 @@ def _backoff(task: DeliveryTask, error: PushError) -> float:
     return min(settings.DELIVERY_MAX_BACKOFF, base) * random.uniform(0.5, 1.5)  # noqa: S311
 
 
-def _end_attempt(task: DeliveryTask, outcome: str, error: str = "") -> None:
-    DeliveryAttempt.objects.filter(task=task, number=task.attempts).update(
-        finished_at=timezone.now(), outcome=outcome, error=error
+def _log_attempt(task: DeliveryTask, outcome: str, error: str = "") -> None:
+    DeliveryAttempt.objects.create(
+        task=task,
+        number=task.attempts,
+        started_at=task.updated_at,  # when it was claimed
+        finished_at=timezone.now(),
+        outcome=outcome,
+        error=error,
     )
 
 
@@ -227,10 +241,12 @@ def _record(task: DeliveryTask, *, error: PushError | None) -> float | None:
             "sent_parts": task.sent_parts,
             "last_error": "",
         }
-        if give_back(DeliveryTask, task.pk, task.lease_owner, **sent) or _sent_after_all(
-            task, now=now, **sent
-        ):
-            _end_attempt(task, DeliveryAttempt.Outcome.SENT)
+        if give_back(DeliveryTask, task.pk, task.lease_owner, **sent):
+            _log_attempt(task, DeliveryAttempt.Outcome.SENT)
+        elif _sent_after_all(task, now=now, **sent):
+            DeliveryAttempt.objects.filter(task=task, number=task.attempts).update(
+                outcome=DeliveryAttempt.Outcome.SENT, error="", finished_at=now
+            )
         return None
     changes = {"last_error": error.message, "sent_parts": task.sent_parts}
     if error.moved_to is not None:
@@ -249,7 +265,7 @@ def _record(task: DeliveryTask, *, error: PushError | None) -> float | None:
         # The lease ran out meanwhile and the sweeper ended the task (and this attempt).
         logger.warning("delivery %s: lease lost before %s was recorded", task.pk, outcome)
         return None
-    _end_attempt(task, outcome, error.message)
+    _log_attempt(task, outcome, error.message)
     if error.unreachable and task.identity is not None:
         task.identity.mark_unreachable(error.message)
     return delay
@@ -276,30 +292,37 @@ class _Progress:
     def sent_parts(self) -> int:
         return self.task.sent_parts
 
-    async def part_sent(self) -> None:
-        # Recorded at once, also the first part: a worker that dies before the next part is
-        # done must not leave a retry to send this one again.
+    async def part_sent(self, *, last: bool) -> None:
+        # Recorded at once, the first part too: a worker that dies before the next part is done
+        # must not leave a retry to send this one again. The last is recorded with the end.
         self.task.sent_parts += 1
-        await db_call(DeliveryTask.objects.filter(pk=self.task.pk).update)(
-            sent_parts=self.task.sent_parts, updated_at=timezone.now()
-        )
+        if not last:
+            await db_call(DeliveryTask.objects.filter(pk=self.task.pk).update)(
+                sent_parts=self.task.sent_parts, updated_at=timezone.now()
+            )
 
 
 async def push_delivery(pk: int) -> None:
     """A worker's job for one task: push it (retrying soon failures in place), then push the
-    tasks that waited for it (an answer after its echo)."""
+    answer that waited for it, if it was an echo."""
     todo = [pk]
     while todo:
         current = todo.pop(0)
-        await _push_until_settled(current)
-        todo.extend(await db_call(_waiting_for)(current))
+        if await _push_until_settled(current) == DeliveryTask.Phase.ECHO:
+            todo.extend(await db_call(_waiting_for)(current))
 
 
-async def _push_until_settled(pk: int) -> None:
-    delay = await _attempt(pk)
+async def _push_until_settled(pk: int) -> str | None:
+    """Attempt the task until it is over or due too late to wait for; its phase, or None if it
+    was not ours to push."""
+    attempted = await _attempt(pk)
+    if attempted is None:
+        return None
+    phase, delay = attempted
     if delay is not None and delay <= WAIT_IN_JOB:
         await asyncio.sleep(delay)
         await _push_until_settled(pk)
+    return phase
 
 
 def _waiting_for(pk: int) -> list[int]:
@@ -307,25 +330,28 @@ def _waiting_for(pk: int) -> list[int]:
     return list(pending.values_list("pk", flat=True))
 
 
-async def _attempt(pk: int) -> float | None:
-    """One attempt at the task; the seconds until it is due again, or None."""
-    task = await db_call(_claim)(pk)
-    if task is None:
+async def _attempt(pk: int) -> tuple[str, float | None] | None:
+    """One attempt at the task: its phase and the seconds until it is due again (None when it
+    is over); None if it was not due, or claimed by another worker."""
+    claimed = await db_call(_claim)(pk)
+    if claimed is None:
         return None
+    task, refusal = claimed
     channel = pushing_channels().get(task.channel)
-    refusal = await db_call(_refusal)(task)
     if channel is None or refusal:
         reason = refusal or f"no channel named {task.channel!r} can push"
-        return await db_call(_record)(task, error=PushError(reason, permanent=True))
-    try:
-        await channel.push(task.locator, task.text, progress=_Progress(task))
-    except PushError as exc:
-        logger.info("delivery %s attempt %d: %s", task.pk, task.attempts, exc.message)
-        return await db_call(_record)(task, error=exc)
-    except Exception as exc:  # a bug or an unforeseen failure: retried, visibly
-        logger.exception("delivery %s attempt %d failed", task.pk, task.attempts)
-        return await db_call(_record)(task, error=PushError(f"{type(exc).__name__}: {exc}"))
-    return await db_call(_record)(task, error=None)
+        error: PushError | None = PushError(reason, permanent=True)
+    else:
+        try:
+            await channel.push(task.locator, task.text, progress=_Progress(task))
+            error = None
+        except PushError as exc:
+            logger.info("delivery %s attempt %d: %s", task.pk, task.attempts, exc.message)
+            error = exc
+        except Exception as exc:  # a bug or an unforeseen failure: retried, visibly
+            logger.exception("delivery %s attempt %d failed", task.pk, task.attempts)
+            error = PushError(f"{type(exc).__name__}: {exc}")
+    return task.phase, await db_call(_record)(task, error=error)
 
 
 # --- recovery and operators --------------------------------------------------------------------
@@ -340,7 +366,7 @@ def sweep_deliveries(*, now: datetime | None = None) -> tuple[int, int]:
     now = now or timezone.now()
     lost = DeliveryTask.objects.filter(free(now), status=DeliveryTask.Status.SENDING)
     interrupted = 0
-    for task in lost.only("pk", "attempts"):
+    for task in lost.only("pk", "attempts", "updated_at"):
         with transaction.atomic():
             if DeliveryTask.objects.filter(free(now), pk=task.pk, status="sending").update(
                 status=DeliveryTask.Status.INTERRUPTED,
@@ -349,10 +375,11 @@ def sweep_deliveries(*, now: datetime | None = None) -> tuple[int, int]:
                 lease_expires_at=None,
                 updated_at=now,
             ):
-                _end_attempt(task, DeliveryAttempt.Outcome.INTERRUPTED, INTERRUPTED)
+                _log_attempt(task, DeliveryAttempt.Outcome.INTERRUPTED, INTERRUPTED)
                 interrupted += 1
-    # Due for a while (a freshly queued task is left to its queue task).
-    stale = now - timedelta(seconds=settings.AFHOST_LEASE_SECONDS / 3)
+    # Due for a while: a queued task is left to its queue task, which a busy cluster may take
+    # some time to reach (a second one would only find the task claimed).
+    stale = now - timedelta(seconds=2 * settings.AFHOST_LEASE_SECONDS)
     due = list(
         DeliveryTask.objects.filter(
             status=DeliveryTask.Status.PENDING, next_attempt_at__lte=stale
