@@ -4,22 +4,30 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 export DEBUG ?= true
+# Recipes run in bash, with a failing command anywhere in a pipe failing the recipe.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -ec
 
 .PHONY: run test lint fmt migrations-check worker dev
 
+# The first run installs some 150 packages: it shows each as it is fetched.
 $(VENV)/installed: requirements.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
-	touch $@
+	@echo "==> Installing the requirements into $(VENV) (the first time takes a few minutes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install --progress-bar off -r requirements-dev.txt \
+	  | awk '/^Collecting / { printf "    %3d  %s\n", ++n, $$2; fflush() } \
+	         /^Processing / { k = split($$2, p, "/"); printf "    %3d  %s\n", ++n, p[k]; fflush() } \
+	         /^Successfully installed/ { print "    done: " NF - 2 " package(s) installed" }'
+	@touch $@
 
-# Serve the product: ASGI server (daphne) and a django-q2 worker together; Ctrl-C stops both.
+# Serve the product: ASGI server (daphne) and a django-q2 worker together (and the Telegram
+# poller when TELEGRAM_BOT_TOKEN is set); a banner says where once it answers. Ctrl-C stops all.
 run: $(VENV)/installed
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py setup_schedules
-	@echo "Local API key (Authorization: Bearer ...):"
-	@$(PY) manage.py ensure_dev_api_key
-	@echo "Serving on http://127.0.0.1:$(PORT)/ (admin at /admin/, Responses API at /v1/responses)"
+	@echo "==> Migrating the database"
+	@$(PY) manage.py migrate --noinput -v 0
+	@$(PY) manage.py setup_schedules
+	@echo "==> Starting the server on port $(PORT) and a worker"
 	@PY=$(PY) PORT=$(PORT) bash scripts/run.sh
 
 # The whole test suite: DATABASE_URL if set, SQLite otherwise.

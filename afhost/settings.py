@@ -6,7 +6,6 @@ import os
 import secrets
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -31,9 +30,6 @@ if not SECRET_KEY and DEBUG:
             _new_key.write(secrets.token_urlsafe(50))
         try:  # link, not rename: exactly one process creates the file, whole
             os.link(_new_key.name, _dev_key_file)
-            warnings.warn(
-                f"SECRET_KEY is unset: made a development key in {_dev_key_file}", stacklevel=1
-            )
         except FileExistsError:
             pass
         finally:
@@ -63,6 +59,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's) with DEBUG off, from STATIC_ROOT; see afhost.static.
+    "afhost.static.StaticFilesMiddleware",
     # PostgreSQL stores no NUL: a query parameter holding one gets a 400, not a 500 from a lookup.
     "afhost.middleware.refuse_nul_characters",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -161,11 +159,35 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `manage.py collectstatic` copies the static files here, with gzip-compressed twins, and
+# WhiteNoise serves them (afhost.static). With DEBUG on, the development server serves them
+# from the apps instead.
+STATIC_ROOT = Path(env_str("STATIC_ROOT") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Not the manifest (hashed names) storage: that one fails every page with a static file on
+    # it until collectstatic has run; files are cached for WhiteNoise's 60 s instead.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
+# --- HTTPS (see "Production" in the README) ----------------------------------------------------
+# A reverse proxy in front of us terminates TLS: trust its X-Forwarded-Proto.
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("AFHOST_BEHIND_PROXY") else None
 )
+# The site is served over HTTPS only: plain HTTP is redirected, cookies are sent over HTTPS
+# only, and browsers are told (HSTS) to use nothing else for SECURE_HSTS_SECONDS.
+AFHOST_HTTPS = env_bool("AFHOST_HTTPS", False)
+SECURE_SSL_REDIRECT = AFHOST_HTTPS
+# Probes reach the server directly, over plain HTTP (/healthz is answered before Django).
+SECURE_REDIRECT_EXEMPT = [r"^readyz$", r"^readiness$"]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = AFHOST_HTTPS
+SECURE_HSTS_SECONDS = env_int(
+    "SECURE_HSTS_SECONDS", 365 * 24 * 3600 if AFHOST_HTTPS else 0, minimum=0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", AFHOST_HTTPS)
+# Consent to browsers' HSTS preload lists (the host is listed only once someone submits it).
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 
 # Request bodies (images and files travel inline as data URLs) are capped here. An API request
 # over it is refused from its Content-Length, or as soon as it grows past it.
@@ -190,6 +212,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django": {"handlers": [], "level": "INFO"},  # drops Django's own handlers
+        # A 4xx is in the server's access line already; 5xx (with their tracebacks) stay.
+        "django.request": {"level": "ERROR"},
+        # Daphne's start-up notes (no HTTP/2, the endpoint) repeat what runserver says.
+        "daphne.server": {"level": "WARNING"},
         # One INFO line per HTTP request (each Bot API call) is noise.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
@@ -243,6 +269,10 @@ Q_CLUSTER = {
     "catch_up": False,
     # The rows are the truth: successful tasks (nearly all) are not stored again; failed ones are.
     "save_limit": -1,
+    # A worker process is replaced after this many tasks (django-q2's default is 500). Each task
+    # only hands a job to the process's engine, and a replaced process gives the jobs in flight
+    # a few seconds before it ends them, so replace processes rarely.
+    "recycle": 100_000,
     "label": "Task queue",
 }
 # Pause between the demo agent's streamed words (seconds), so streaming is visible in a terminal.
@@ -252,6 +282,9 @@ AFHOST_DEMO_TOKEN_DELAY = env_float("AFHOST_DEMO_TOKEN_DELAY", 0.02)
 # The channel is on when TELEGRAM_BOT_TOKEN is set; the webhook then also needs its secret.
 TELEGRAM_BOT_TOKEN = env_secret("TELEGRAM_BOT_TOKEN")
 TELEGRAM_WEBHOOK_SECRET = env_secret("TELEGRAM_WEBHOOK_SECRET")
+# How updates arrive: "webhook" (Telegram posts them; manage.py set_telegram_webhook) or
+# "polling" (manage.py telegram_poll fetches them; `make run` starts it). Shown on the home page.
+TELEGRAM_MODE = env_str("TELEGRAM_MODE", "webhook")
 if TELEGRAM_BOT_TOKEN and not TELEGRAM_WEBHOOK_SECRET and not DEBUG:
     raise ImproperlyConfigured("TELEGRAM_WEBHOOK_SECRET must be set when TELEGRAM_BOT_TOKEN is.")
 # python-telegram-bot's base_url: the token is appended (e.g. http://127.0.0.1:8081/bot for a
@@ -277,6 +310,7 @@ for _name, _value, _allowed in (
         TELEGRAM_ACCEPT_IN_GROUP,
         ("mention_only", "command_only", "mention_or_command", "all"),
     ),
+    ("TELEGRAM_MODE", TELEGRAM_MODE, ("webhook", "polling")),
 ):
     if _value not in _allowed:
         raise ImproperlyConfigured(f"{_name} must be one of {', '.join(_allowed)}; got {_value!r}")

@@ -6,6 +6,10 @@ from channels_app.views import api_not_found
 
 handler400 = "channels_app.views.bad_request"
 
+admin.site.site_header = "afhost administration"
+admin.site.site_title = "afhost admin"
+admin.site.site_url = "/"  # "View site": the home page
+
 urlpatterns = [
     # The Responses API, at OpenAI's /v1 paths and at Azure AI Foundry's unprefixed ones; first,
     # since they are the busiest routes.
@@ -15,6 +19,8 @@ urlpatterns = [
     # The delivery dashboard (under admin/) and the operator API; before the admin's own URLs.
     path("", include("delivery.urls")),
     path("admin/", admin.site.urls),
+    path("", views.home, name="home"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("readyz", views.readyz, name="readyz"),
     path("readiness", views.readiness, name="readiness"),
     path("", include("channels_app.urls")),

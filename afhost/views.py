@@ -1,4 +1,4 @@
-"""Readiness endpoints for orchestrators and Azure AI Foundry.
+"""The home page, and the readiness endpoints for orchestrators and Azure AI Foundry.
 
 Liveness (/healthz) is answered in asgi.py, before Django.
 """
@@ -8,9 +8,14 @@ from __future__ import annotations
 import logging
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_safe
+
+from afhost import about
 
 logger = logging.getLogger(__name__)
 _migrations_checked = False
@@ -46,3 +51,24 @@ async def readiness(request: HttpRequest) -> JsonResponse:
     if problem:
         return JsonResponse({"status": "unhealthy", "reason": problem}, status=503)
     return JsonResponse({"status": "healthy"})
+
+
+@require_safe
+async def home(request: HttpRequest) -> HttpResponse:
+    """What this server hosts: the agent, the channels and where they are reached."""
+    base_url = request.build_absolute_uri("/").rstrip("/")
+    context = {
+        "target": settings.AFHOST_TARGET,
+        "model_id": about.hosted_model_id(),
+        "channels": about.channels(base_url),
+        "base_url": base_url,
+    }
+    return render(request, "afhost/home.html", context)
+
+
+@require_safe
+async def favicon(request: HttpRequest) -> HttpResponse:
+    """No icon, said without a 404 (browsers ask for it on every admin page)."""
+    response = HttpResponse(status=204)
+    response["Cache-Control"] = "max-age=86400"
+    return response

@@ -12,4 +12,7 @@ urlpatterns = [
         views.response_input_items,
         name="response_input_items",
     ),
+    path("models", views.model_list, name="model_list"),
+    # Model names may hold slashes (meta-llama/Llama-3.2-3B-Instruct).
+    path("models/<path:model_id>", views.model_detail, name="model_detail"),
 ]

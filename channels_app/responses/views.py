@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
-from afhost import execution, selectors, services
+from afhost import about, execution, selectors, services
 from afhost.db import in_thread
 from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.models import Run
@@ -252,3 +252,36 @@ async def response_input_items(request: HttpRequest, response_id: str) -> HttpRe
             "has_more": len(items) > len(page),
         }
     )
+
+
+# --- Models: the hosted agent, listed as OpenAI lists its models --------------------------------
+
+
+def _model_object() -> dict:
+    return {
+        "id": about.hosted_model_id(),
+        "object": "model",
+        "created": about.STARTED_AT,
+        "owned_by": "afhost",
+    }
+
+
+@api_endpoint("GET")
+async def model_list(request: HttpRequest) -> HttpResponse:
+    """The one model this server answers as: the hosted agent (any `model` a create names is
+    answered by it)."""
+    await authenticate(request.headers)
+    return JsonResponse({"object": "list", "data": [_model_object()]})
+
+
+@api_endpoint("GET")
+async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
+    await authenticate(request.headers)
+    model = _model_object()
+    if model_id != model["id"]:
+        raise ApiError(
+            404,
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+    return JsonResponse(model)

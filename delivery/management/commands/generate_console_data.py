@@ -188,7 +188,8 @@ DELIVERY_COLUMNS = {
 ATTEMPTS_SQL = """
 SELECT t.id AS task_id, n, t.status, t.attempts, t.last_error,
        t.created_at + (n - 1) * interval '4 seconds' AS started_at
-FROM delivery_deliverytask AS t, generate_series(1, t.attempts) AS n
+FROM delivery_deliverytask AS t,
+     generate_series(1, t.attempts - CASE WHEN t.status = 'sending' THEN 1 ELSE 0 END) AS n
 WHERE t.id BETWEEN %(first_task)s AND %(last_task)s
 """
 
@@ -196,11 +197,11 @@ ATTEMPT_COLUMNS = {
     "task_id": "task_id",
     "number": "n",
     "started_at": "started_at",
-    "finished_at": "CASE WHEN n = attempts AND status = 'sending' THEN NULL "
-    "ELSE started_at + interval '150 milliseconds' END",
+    # An attempt is recorded when it ends: a task being sent has none for its current one.
+    "finished_at": "started_at + interval '150 milliseconds'",
     "outcome": "CASE WHEN n < attempts THEN 'retry' WHEN status = 'sent' THEN 'sent' "
     "WHEN status = 'failed' THEN 'failed' WHEN status = 'interrupted' THEN 'interrupted' "
-    "WHEN status = 'sending' THEN 'sending' ELSE 'retry' END",
+    "ELSE 'retry' END",
     "error": "CASE WHEN n < attempts OR status <> 'sent' THEN "
     "coalesce(nullif(last_error, ''), 'Telegram unreachable: NetworkError: Bad Gateway') "
     "ELSE '' END",
