@@ -251,19 +251,35 @@ AFHOST_WORKER_CONCURRENCY = env_int("AFHOST_WORKER_CONCURRENCY", 100, minimum=1)
 # this; the work of a process that died is taken over by another once its leases run out.
 AFHOST_LEASE_SECONDS = env_float("AFHOST_LEASE_SECONDS", 30, minimum=1)
 
-# django-q2 on the ORM broker: the database row is the source of truth, the queue only carries ids.
+# django-q2's broker: the database (ORM) by default, or Redis when AFHOST_REDIS_URL is set (a
+# worker then wakes the moment a task is queued, not at its next poll). Either way the queue
+# only carries ids: the rows are the truth, and the sweepers queue again what a dead worker lost.
+AFHOST_REDIS_URL = env_str("AFHOST_REDIS_URL")
+_BROKER: dict = {"orm": "default"}
+if AFHOST_REDIS_URL:
+    if not AFHOST_REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured("AFHOST_REDIS_URL must be a redis://, rediss:// or unix:// URL.")
+    import redis
+
+    # django-q2 makes a Redis client for each task it queues: with one connection pool per
+    # process (redis-py's pools start afresh after a fork) they do not each open a connection.
+    # Only one broker may be set: django-q2 takes "orm" over "redis".
+    _BROKER = {"redis": {"connection_pool": redis.ConnectionPool.from_url(AFHOST_REDIS_URL)}}
 Q_CLUSTER = {
     "name": "afhost",
-    "orm": "default",
+    **_BROKER,
     "workers": env_int("AFHOST_WORKERS", 2, minimum=1),
     "timeout": AFHOST_RUN_TIMEOUT,
     "retry": AFHOST_RUN_TIMEOUT + 60,
     # A task that raised is not redelivered: our services record the failure on the row.
     "ack_failures": True,
-    # A worker that died mid-task gets its task redelivered once; the run then reports the loss.
+    # ORM broker: a worker that died mid-task gets its task redelivered once; the run then
+    # reports the loss. Redis hands a task out once (no redelivery): the sweepers recover it.
     "max_attempts": 2,
+    # ORM broker only: seconds between looks at an empty queue (Redis blocks until a task comes).
     "poll": env_float("AFHOST_QUEUE_POLL", 0.1),
-    # Tasks a worker takes from the queue per look: a burst is handed out in fewer round trips.
+    # Tasks a worker takes from the ORM queue per look: a burst is handed out in fewer round
+    # trips (Redis hands them out one by one, each in one round trip).
     # A task taken by a worker that then dies is recovered by the sweepers, not by the queue.
     "bulk": 10,
     "catch_up": False,

@@ -1,12 +1,13 @@
 """Benchmark: the Telegram webhook's acknowledgement latency, and webhook-to-answer time.
 
-afhost's ASGI server and its django-q2 worker (`manage.py qcluster`, ORM broker) run as in
-production; Telegram's Bot API is `tests/fakes/telegram_api.py`'s fake, in this process, on
-127.0.0.1, optionally with a round-trip delay per call (`--telegram-latency`).
+afhost's ASGI server and its django-q2 worker (`manage.py qcluster`) run as in production, on
+django-q2's ORM broker or, with `--brokers orm,redis`, on each broker in turn (Redis at
+`--redis-url`: AFHOST_REDIS_URL); Telegram's Bot API is `tests/fakes/telegram_api.py`'s fake, in
+this process, on 127.0.0.1, optionally with a round-trip delay per call (`--telegram-latency`).
 
 First a burst is posted with no worker running (acknowledgements alone; `--no-baseline` skips
-it). Then, for each queue poll interval (`--polls`, django-q2's `AFHOST_QUEUE_POLL`), a worker
-is started and, once the queue is empty:
+it). Then, for each queue poll interval (`--polls`, django-q2's `AFHOST_QUEUE_POLL`; the ORM
+broker's only), a worker is started and, once the queue is empty:
 
 1. burst: `--updates` distinct private-chat updates spread over `--chats` chats, posted to
    `POST /telegram/webhook/` as fast as `--connections` keep-alive connections allow. Reported:
@@ -20,7 +21,7 @@ At the end every update must have been acknowledged with 200 and answered exactl
 Only 127.0.0.1 is ever contacted. See bench/README.md.
 
     .venv/bin/python bench/telegram_bench.py [--server uvicorn|daphne] [--updates 500]
-        [--database-url postgresql://postgres@127.0.0.1:5432/bench]
+        [--database-url postgresql://postgres@127.0.0.1:5432/bench] [--brokers orm,redis]
 
 This is a benchmark, not a test: it exits 0 whatever the figures (2 when it could not measure,
 130 when interrupted).
@@ -80,6 +81,8 @@ ANSWER_RE = re.compile(r'You said: "(.*?)"\.')
 REQUEST_TIMEOUT = 30.0
 FIRST_CHAT_ID = 5_000_000
 FIRST_UPDATE_ID = 1_000_000
+# django-q2's queue on Redis: a list named after the cluster (Q_CLUSTER["name"] in settings).
+REDIS_QUEUE_KEY = "django_q:afhost:q"
 
 STATS_SCRIPT = """
 import json
@@ -316,6 +319,13 @@ def afhost_env(args, workdir: Path, fake: FakeTelegramApi) -> dict[str, str]:
     return env
 
 
+def broker_env(env: dict[str, str], broker: str, args) -> dict[str, str]:
+    """The environment of the server and worker on `broker` (orm or redis), whatever the
+    caller's AFHOST_REDIS_URL."""
+    env = {name: value for name, value in env.items() if name != "AFHOST_REDIS_URL"}
+    return {**env, "AFHOST_REDIS_URL": args.redis_url} if broker == "redis" else env
+
+
 class QueueDepth:
     """How many django-q2 tasks are queued or running: rows of the ORM broker's table."""
 
@@ -348,8 +358,34 @@ class QueueDepth:
             self.conn = None
 
 
-def start_worker(env: dict[str, str], poll: float, log: Path) -> subprocess.Popen:
-    worker_env = {**env, "AFHOST_QUEUE_POLL": f"{poll:g}"}
+class RedisQueueDepth(QueueDepth):
+    """How many django-q2 tasks wait in Redis. A task leaves the list when the cluster takes it,
+    before it runs, so an empty list is followed by a second's pause (SETTLE) for those taken."""
+
+    SETTLE = 1.0
+
+    def __init__(self, redis_url: str) -> None:
+        import redis
+
+        self.conn = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=10)
+
+    def __call__(self) -> int:
+        return self.conn.llen(REDIS_QUEUE_KEY)
+
+    def wait_empty(self, timeout: float) -> float | None:
+        if (empty_at := super().wait_empty(timeout)) is not None:
+            time.sleep(self.SETTLE)
+        return empty_at
+
+    def clear(self) -> None:
+        self.conn.delete(REDIS_QUEUE_KEY)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def start_worker(env: dict[str, str], poll: float | None, log: Path) -> subprocess.Popen:
+    worker_env = {**env, "AFHOST_QUEUE_POLL": f"{poll:g}"} if poll is not None else env
     return spawn([str(VENV_PYTHON), "manage.py", "qcluster"], env=worker_env, log=log)
 
 
@@ -373,14 +409,17 @@ def log_problems(log: Path) -> int:
 @dataclass
 class Phase:
     name: str
-    poll: float | None  # None: no worker was running
+    broker: str  # orm or redis
+    poll: float | None  # the ORM broker's poll; None on Redis
     samples: list[Sample]
+    worker: bool = True  # False: no worker was running
     seconds: float = 0.0  # posting (burst: first send to last ack)
     answered_in: float = 0.0  # first send to last first-answer
     drained_in: float | None = None  # first send to an empty task queue
     drains: int = 0  # getMe calls: one per drain_chat (a worker answering a chat's backlog)
-    pickup: list[float] = field(default_factory=list)  # idle: sent -> worker's getMe
-    work: list[float] = field(default_factory=list)  # idle: getMe -> sendMessage
+    # idle: sent -> the worker's sendChatAction ("typing", sent just before the agent runs)
+    pickup: list[float] = field(default_factory=list)
+    work: list[float] = field(default_factory=list)  # idle: sendChatAction -> sendMessage
     unanswered: int = 0
 
 
@@ -398,14 +437,20 @@ def warm_up(updates: Updates, port: int, procs, timeout: float) -> None:
 
 
 def burst(
-    updates: Updates, port: int, args, poll: float | None, procs, queue: QueueDepth | None
+    updates: Updates,
+    port: int,
+    args,
+    broker: str,
+    poll: float | None,
+    procs,
+    queue: QueueDepth | None,
 ) -> Phase:
     """A burst of updates; without a queue (no worker running) only the acknowledgements."""
     if queue is not None and queue.wait_empty(args.answer_timeout) is None:
         raise BenchError("the task queue did not empty before the burst")
     chats = updates.chats(args.chats)
     samples = [updates.make(chats[i % len(chats)], "burst") for i in range(args.updates)]
-    phase = Phase("burst", poll, samples)
+    phase = Phase("burst", broker, poll, samples, worker=queue is not None)
     getme_before = len(updates.fake.calls_to("getMe"))
     print(
         f"  burst: {len(samples)} updates over {len(chats)} chats, "
@@ -434,9 +479,11 @@ def burst(
     return phase
 
 
-def idle(updates: Updates, port: int, args, poll: float, procs, queue: QueueDepth) -> Phase:
+def idle(
+    updates: Updates, port: int, args, broker: str, poll: float | None, procs, queue: QueueDepth
+) -> Phase:
     chat = updates.chats(1)[0]
-    phase = Phase("idle", poll, [])
+    phase = Phase("idle", broker, poll, [])
     if queue.wait_empty(60) is None:
         raise BenchError("the task queue did not empty: the system is not idle")
     print(f"  idle: {args.idle} single updates, one at a time ...")
@@ -449,7 +496,8 @@ def idle(updates: Updates, port: int, args, poll: float, procs, queue: QueueDept
             check_alive(procs)
             phase.unanswered += 1
             continue
-        fetched = [c.at for c in updates.fake.calls_to("getMe") if c.at >= sample.sent_at]
+        typing = updates.fake.calls_to("sendChatAction")
+        fetched = [c.at for c in typing if c.at >= sample.sent_at]
         if fetched:
             phase.pickup.append(fetched[0] - sample.sent_at)
             phase.work.append(sample.answers[0] - fetched[0])
@@ -459,14 +507,19 @@ def idle(updates: Updates, port: int, args, poll: float, procs, queue: QueueDept
 # --- report ---
 
 
+def setup_label(broker: str, poll: float | None) -> str:
+    return f"{broker} poll {poll:g}s" if poll is not None else broker
+
+
 def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, int]) -> None:
     rows: list[tuple[str, Stats, str]] = []
     notes: list[str] = []
     for p in phases:
         acked = [s for s in p.samples if s.status == 200]
         answered = [s for s in p.samples if s.answers]
-        label = f"{p.name} poll {p.poll:g}s" if p.poll is not None else f"{p.name}, no worker"
-        if p.poll is None:
+        setup = setup_label(p.broker, p.poll)
+        label = f"{p.name} {setup}" if p.worker else f"{p.name} {p.broker}, no worker"
+        if not p.worker:
             rate = len(acked) / p.seconds if p.seconds else 0.0
             rows.append((f"{label}: ack", stats([s.ack for s in acked]), f"{rate:.0f} acks/s"))
         elif p.name == "burst":
@@ -481,6 +534,8 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
                 )
             )
             drained = f"{p.drained_in:.1f}s" if p.drained_in is not None else "not emptied"
+            if p.broker == "redis":
+                drained += " (+1s pause: Redis's list empties as tasks are taken, not done)"
             notes.append(
                 f"{label}: task queue empty {drained} after the first post; "
                 f"{p.drains} drain_chat runs (getMe) for {len(p.samples)} updates"
@@ -489,9 +544,9 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
             rows.append((f"{label}: ack", stats([s.ack for s in acked]), ""))
             rows.append((f"{label}: webhook -> sendMessage", stats([s.e2e for s in answered]), ""))
             rows.append(
-                (f"{label}:   webhook -> worker getMe", stats(p.pickup), "queue pickup + Bot()")
+                (f"{label}:   webhook -> typing", stats(p.pickup), "queue + the turn's start")
             )
-            rows.append((f"{label}:   getMe -> sendMessage", stats(p.work), "in the worker"))
+            rows.append((f"{label}:   typing -> sendMessage", stats(p.work), "the run, the send"))
     width = max(len(r[0]) for r in rows)
     print()
     print(f"{'':{width}}  {'n':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max ms':>8}")
@@ -524,15 +579,18 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
     for text in updates.unmatched[:3]:
         print(f"  unmatched: {text!r}")
     if db:
+        redis_left = f", in Redis {db['redis_queued']}" if "redis_queued" in db else ""
         print(
             f"database: updates {db['updates']}, max attempts {db['max_attempts']}, "
             f"django-q failures {db['task_failures']}, still queued {db['queued_tasks']}"
+            f"{redis_left}"
         )
     print("log lines with Traceback/ERROR: " + ", ".join(f"{k} {v}" for k, v in problems.items()))
 
 
 def as_json(phases: list[Phase], args, updates: Updates) -> dict:
     out = {"server": args.server, "database": database_label(args.database_url or "sqlite")}
+    out["brokers"] = args.brokers
     out["workers"], out["phases"] = args.workers, []
     out["telegram_latency_ms"] = args.telegram_latency
     for p in phases:
@@ -541,7 +599,9 @@ def as_json(phases: list[Phase], args, updates: Updates) -> dict:
         out["phases"].append(
             {
                 "phase": p.name,
-                "poll": p.poll,  # None: no worker running
+                "broker": p.broker,
+                "poll": p.poll,  # None on Redis
+                "worker": p.worker,  # False: no worker running
                 "ack": vars(stats([s.ack for s in acked])),
                 "e2e": vars(stats([s.e2e for s in answered])),
                 "acks_per_s": len(acked) / p.seconds if p.seconds else None,
@@ -568,37 +628,51 @@ def run(args, workdir: Path, fake: FakeTelegramApi) -> tuple[list[Phase], Update
         env=env,
         what="manage.py migrate",
     )
-    port = free_port()
-    server_log, worker_log = workdir / "server.log", workdir / "worker.log"
-    print(f"- {args.server} on 127.0.0.1:{port}, {database_label(env['DATABASE_URL'])}")
-    server = spawn(
-        server_cmd(args.server, "afhost.asgi:application", port), env=env, log=server_log
-    )
-    wait_listening(server, port, server_log)
     updates = Updates(fake)
-    queue = QueueDepth(env["DATABASE_URL"])
-    rb._cleanups.append(queue.close)
+    orm_queue = QueueDepth(env["DATABASE_URL"])
+    rb._cleanups.append(orm_queue.close)
     phases: list[Phase] = []
-    if args.baseline:
-        # Acknowledgements alone, with no worker competing; the first worker answers them.
-        print("- no worker yet")
-        procs = {"server": (server, server_log)}
-        post_all(port, [updates.make(updates.chats(1)[0], "warmup") for _ in range(3)], 1)
-        phases.append(burst(updates, port, args, None, procs, None))
-    for poll in args.polls:
-        print(f"- worker: qcluster, {args.workers} workers, AFHOST_QUEUE_POLL={poll:g}")
-        worker = start_worker(env, poll, worker_log)
-        procs = {"server": (server, server_log), "worker": (worker, worker_log)}
-        try:
-            warm_up(updates, port, procs, timeout=args.answer_timeout)
-            phases.append(burst(updates, port, args, poll, procs, queue))
-            if args.idle > 0:
-                phases.append(idle(updates, port, args, poll, procs, queue))
-            time.sleep(1)  # a late duplicate answer would show up here
-            updates.collect()
-        finally:
-            stop(worker)
-    stop(server)
+    logs: dict[str, Path] = {}
+    for broker in args.brokers:
+        # The server queues the tasks: it runs on the worker's broker, restarted for each.
+        benv = broker_env(env, broker, args)
+        queue = orm_queue
+        if broker == "redis":
+            queue = RedisQueueDepth(args.redis_url)
+            rb._cleanups.append(queue.close)
+            queue.clear()
+            rb._cleanups.append(queue.clear)
+        port = free_port()
+        server_log = logs[f"server ({broker})"] = workdir / f"server-{broker}.log"
+        worker_log = logs[f"worker ({broker})"] = workdir / f"worker-{broker}.log"
+        print(
+            f"- {args.server} on 127.0.0.1:{port}, {database_label(env['DATABASE_URL'])}, {broker}"
+        )
+        server = spawn(
+            server_cmd(args.server, "afhost.asgi:application", port), env=benv, log=server_log
+        )
+        wait_listening(server, port, server_log)
+        if args.baseline and not phases:
+            # Acknowledgements alone, with no worker competing; the first worker answers them.
+            print("- no worker yet")
+            procs = {"server": (server, server_log)}
+            post_all(port, [updates.make(updates.chats(1)[0], "warmup") for _ in range(3)], 1)
+            phases.append(burst(updates, port, args, broker, None, procs, None))
+        for poll in args.polls if broker == "orm" else [None]:
+            setup = setup_label(broker, poll)
+            print(f"- worker: qcluster, {args.workers} workers, {setup}")
+            worker = start_worker(benv, poll, worker_log)
+            procs = {"server": (server, server_log), "worker": (worker, worker_log)}
+            try:
+                warm_up(updates, port, procs, timeout=args.answer_timeout)
+                phases.append(burst(updates, port, args, broker, poll, procs, queue))
+                if args.idle > 0:
+                    phases.append(idle(updates, port, args, broker, poll, procs, queue))
+                time.sleep(1)  # a late duplicate answer would show up here
+                updates.collect()
+            finally:
+                stop(worker)
+        stop(server)
     db = {}
     try:
         out = run_checked(
@@ -609,8 +683,12 @@ def run(args, workdir: Path, fake: FakeTelegramApi) -> tuple[list[Phase], Update
         db = json.loads(out.strip().splitlines()[-1])
     except (BenchError, ValueError, IndexError) as exc:
         print(f"(no database summary: {exc})")
-    problems = {"server": log_problems(server_log), "worker": log_problems(worker_log)}
-    for name, log in (("server", server_log), ("worker", worker_log)):
+    if db and "redis" in args.brokers:
+        redis_queue = RedisQueueDepth(args.redis_url)
+        db["redis_queued"] = redis_queue()
+        redis_queue.close()
+    problems = {name: log_problems(log) for name, log in logs.items()}
+    for name, log in logs.items():
         if problems[name]:
             print(f"\n{name} log (tail):\n{log_tail(log, 20)}")
     return phases, updates, db, problems
@@ -636,6 +714,18 @@ def main(argv: list[str] | None = None) -> int:
         help="AFHOST_QUEUE_POLL values, one worker run each (default: 0.1,0.02)",
     )
     parser.add_argument(
+        "--brokers",
+        default="orm",
+        help="django-q2 brokers to run on, one after the other: orm, redis or orm,redis "
+        "(default: orm)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/6",
+        help="AFHOST_REDIS_URL for --brokers redis (default: redis://127.0.0.1:6379/6; the bench "
+        "empties django-q2's list there before and after)",
+    )
+    parser.add_argument(
         "--no-baseline",
         dest="baseline",
         action="store_false",
@@ -658,6 +748,18 @@ def main(argv: list[str] | None = None) -> int:
         args.polls = [float(p) for p in args.polls.split(",") if p]
     except ValueError:
         parser.error("--polls takes comma-separated seconds, e.g. 0.1,0.02")
+    args.brokers = [b for b in args.brokers.split(",") if b]
+    if not args.brokers or set(args.brokers) - {"orm", "redis"}:
+        parser.error("--brokers takes orm, redis or orm,redis")
+    if "redis" in args.brokers:
+        if urlsplit(args.redis_url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            parser.error("--redis-url must point at this machine (127.0.0.1)")
+        import redis
+
+        try:
+            redis.Redis.from_url(args.redis_url, socket_connect_timeout=2).ping()
+        except redis.RedisError as exc:
+            parser.error(f"no Redis at --redis-url {args.redis_url}: {exc}")
     if min(args.updates, args.chats, args.connections, args.workers, len(args.polls)) < 1:
         parser.error("--updates, --chats, --connections, --workers and --polls must be >= 1")
     if args.database_url and urlsplit(args.database_url).hostname not in (
@@ -676,8 +778,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, rb._raise_interrupt)
     print(
         f"telegram bench: {args.updates} updates / {args.chats} chats / {args.connections} "
-        f"connections, {args.idle} idle updates, {args.workers} workers, polls "
-        f"{', '.join(f'{p:g}' for p in args.polls)}; fake Bot API "
+        f"connections, {args.idle} idle updates, {args.workers} workers, brokers "
+        f"{', '.join(args.brokers)} (ORM polls {', '.join(f'{p:g}' for p in args.polls)}); "
+        f"fake Bot API "
         f"+{args.telegram_latency:g} ms "
         f"per call; {platform.python_implementation()} "
         f"{platform.python_version()}, {os.cpu_count()} CPUs"

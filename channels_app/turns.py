@@ -28,8 +28,9 @@ from afhost.db import in_thread
 from afhost.models import Run
 from afhost.services import StartedRun
 from afhost.types import ChannelIdentity, ChannelRequest
-from linking.models import Identity
+from linking.models import ChannelPolicy, Identity
 from linking.services import (
+    UNREAD,
     Allowed,
     Outcome,
     Principal,
@@ -63,11 +64,12 @@ def admit(
     *,
     profile: Profile = Profile(),
     verified_claims: Mapping[str, Any] | None = None,
+    policy: ChannelPolicy | None | object = UNREAD,
 ) -> tuple[Identity, Outcome]:
     """Steps 1 and 2: record the caller (and the principal its channel verified), and decide
-    whether they may start a turn."""
+    whether they may start a turn (under the channel's `policy`, if the channel read it)."""
     identity = identify(who, profile=profile, verified_claims=verified_claims)
-    return identity, authorize(identity=identity)
+    return identity, authorize(identity=identity, policy=policy)
 
 
 def identify(

@@ -204,15 +204,19 @@ def decide(*, person: Person, policy: ChannelPolicy | None) -> Outcome:
     return Denied(f"allowlist {policy.allowlist.name!r} could not decide on the linked claims")
 
 
-def authorize(*, identity: Identity) -> Outcome:
+# `authorize`'s policy when the caller has not read it.
+UNREAD = object()
+
+
+def authorize(*, identity: Identity, policy: ChannelPolicy | None | object = UNREAD) -> Outcome:
     """Whether `identity` may start a turn: the one place every channel's turns are decided.
 
-    Decided per message, from the rows (a revoked link or a block counts at once). A refusal is
-    counted on the identity, with its reason, and logged.
+    Decided per message, from the rows (a revoked link or a block counts at once): `policy` is
+    the channel's, as the caller read it for this message (`policy_for`), or read here. A
+    refusal is counted on the identity, with its reason, and logged.
     """
-    policy = (
-        ChannelPolicy.objects.filter(channel=identity.channel).select_related("allowlist").first()
-    )
+    if policy is UNREAD:
+        policy = policy_for(identity.channel)
     outcome = decide(person=person_of(identity), policy=policy)
     if not isinstance(outcome, Allowed):
         label = "link required" if isinstance(outcome, LinkRequired) else "denied"
@@ -222,7 +226,7 @@ def authorize(*, identity: Identity) -> Outcome:
 
 
 def policy_for(channel: str) -> ChannelPolicy | None:
-    return ChannelPolicy.objects.filter(channel=channel).first()
+    return ChannelPolicy.objects.filter(channel=channel).select_related("allowlist").first()
 
 
 # --- the link ceremony -------------------------------------------------------------------------

@@ -245,7 +245,9 @@ async def _typing(bot: Bot, target: ReplyTarget) -> AsyncIterator[None]:
             await asyncio.sleep(TYPING_EVERY)
             await send_typing()
 
-    await send_typing()
+    # The agent starts while the first typing action is on its way (a Bot API round trip off
+    # every answer); the reply waits for it, so "typing…" never shows after the answer.
+    first = asyncio.create_task(send_typing())
     task = asyncio.create_task(keep_typing())
     try:
         yield
@@ -253,6 +255,7 @@ async def _typing(bot: Bot, target: ReplyTarget) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await first
 
 
 async def _media(bot: Bot, message: TgMessage) -> tuple[list[Content], str]:
@@ -502,7 +505,8 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
         return TelegramUpdate.Status.IGNORED, f"unsupported update type: {kind}"
     if message.from_user is None or message.from_user.is_bot:
         return TelegramUpdate.Status.IGNORED, "not from a person"
-    listening = Listening.of(await db_call(linking.policy_for)(CHANNEL))
+    policy = await db_call(linking.policy_for)(CHANNEL)
+    listening = Listening.of(policy)
     plan = plan_message(
         message, bot_username=bot.username, bot_id=bot.id, accept=listening.accept_in_group
     )
@@ -513,7 +517,9 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
     if isinstance(plan, Command):  # commands are how a refused person gets access: no check
         identity, outcome = await db_call(turns.identify)(_author(message), profile=profile), None
     else:
-        identity, outcome = await db_call(turns.admit)(_author(message), profile=profile)
+        identity, outcome = await db_call(turns.admit)(
+            _author(message), profile=profile, policy=policy
+        )
     await db_call(_record_member)(chat, identity, update)
     thread_id = message.message_thread_id if message.is_topic_message else None
     target = ReplyTarget(
