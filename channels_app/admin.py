@@ -66,30 +66,7 @@ class TelegramUpdateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("chat",)
     show_full_result_count = False
     paginator = LargeTablePaginator
-    fieldsets = (
-        (
-            None,
-            {
-                "fields": (
-                    "update_id",
-                    "chat",
-                    "status_badge",
-                    "attempts",
-                    "last_error",
-                    "run_column",
-                    "sent_parts",
-                    "received",
-                    "next_attempt",
-                    "processed",
-                    "counted",
-                )
-            },
-        ),
-        ("Message", {"fields": ("message_text",)}),
-        ("Attempt history", {"fields": ("history",)}),
-        ("Payload", {"classes": ("collapse",), "fields": ("raw_payload",)}),
-    )
-    readonly_fields = (
+    summary = (
         "update_id",
         "chat",
         "status_badge",
@@ -101,10 +78,14 @@ class TelegramUpdateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "next_attempt",
         "processed",
         "counted",
-        "message_text",
-        "history",
-        "raw_payload",
     )
+    fieldsets = (
+        (None, {"fields": summary}),
+        ("Message", {"fields": ("message_text",)}),
+        ("Attempt history", {"fields": ("history",)}),
+        ("Payload", {"classes": ("collapse",), "fields": ("raw_payload",)}),
+    )
+    readonly_fields = (*summary, "message_text", "history", "raw_payload")
     actions = ("reprocess_selected",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TelegramUpdate]:

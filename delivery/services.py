@@ -41,7 +41,7 @@ from afhost.registry import pushing_channels
 from afhost.types import ACTIVE, ALL_LINKED, NONE, ORIGINATING
 from delivery.models import DeliveryAttempt, DeliveryTask
 from linking import services as linking
-from linking.models import ChannelPolicy, Identity
+from linking.models import Identity
 
 logger = logging.getLogger(__name__)
 
@@ -203,10 +203,11 @@ def _refusal(task: DeliveryTask) -> str:
     identity = task.identity
     spec = task.run.response_target or {}
     caller = Identity.objects.filter(**spec.get("from", {})).first()
-    if caller is None or identity not in linking.person_of(caller).identities:
+    person = None if caller is None else linking.person_of(caller)
+    if person is None or identity not in person.identities:
         return "not delivered: the person's link to the caller was revoked"
-    policy = ChannelPolicy.objects.filter(channel=identity.channel).select_related("allowlist")
-    outcome = linking.decide(person=linking.person_of(identity), policy=policy.first())
+    # The destination is one of the caller's person's identities: that person is decided.
+    outcome = linking.decide(person=person, policy=linking.policy_for(identity.channel))
     if not isinstance(outcome, linking.Allowed):
         return f"not delivered: the {identity.channel} policy refuses {identity}: {outcome.reason}"
     return ""
