@@ -128,7 +128,7 @@ async def run_blocking(started: StartedRun) -> Run:
             logger.info("run %s: the caller went away; run cancelled", run.public_id)
             raise
         services.assign_message_ids(result.messages)
-        output_items = get_channel(run.channel).render_output(result.messages)
+        output_items = get_channel(run.channel).render_output(result)
         await _finish(started, result, output_items, writes=writes)
     finally:
         started.let_go()

@@ -207,6 +207,8 @@ class Run(TimestampedModel, LeasedModel):
     attributes = models.JSONField(
         default=dict, blank=True, help_text="Channel-private request facts."
     )
+    # The id an Invocations caller names the run by (its x-agent-invocation-id, or one we issued).
+    invocation_id = models.CharField(max_length=256, blank=True, default="")
     input_messages = models.JSONField(default=list, blank=True)
     output_messages = models.JSONField(default=list, blank=True)
     # Computed by the database, so a history can be measured without loading its messages.
@@ -244,6 +246,12 @@ class Run(TimestampedModel, LeasedModel):
         indexes = [
             # Used by the Responses endpoints: every lookup is scoped to the caller's isolation key.
             models.Index(fields=["isolation_key", "created_at"], name="afhost_run_isolation"),
+            # Used by the Invocations endpoints: a caller's run by the id it gave it.
+            models.Index(
+                fields=["isolation_key", "invocation_id"],
+                condition=~models.Q(invocation_id=""),
+                name="afhost_run_invocation",
+            ),
             # Used by services.sweep_runs: background runs still waiting for a worker.
             models.Index(
                 fields=["enqueued_at"],

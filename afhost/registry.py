@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from agent_framework import AgentResponseUpdate, Message
+    from agent_framework import AgentResponseUpdate
 
     from afhost.models import Run
     from afhost.types import HostedRunResult
@@ -41,7 +41,7 @@ class Channel(Protocol):
     # sweeper must leave it alone, instead of failing it.
     resumes_lost_runs: bool
 
-    def render_output(self, messages: list[Message]) -> list[dict]:
+    def render_output(self, result: HostedRunResult) -> list[dict]:
         """The output items of a finished blocking run, as the channel stores them."""
 
 

@@ -118,6 +118,10 @@ class HostedRunResult:
     # `error` is shown to the client; `error_detail` only to operators.
     error: Mapping[str, str] | None = None
     error_detail: str = ""
+    # A workflow run's output and request_info events as Microsoft's Invocations host frames
+    # them ({"type": "output", "data", "executor_id"} or {"type": "request_info", "data",
+    # "request_id", "source_executor_id"}); None for an agent's run.
+    workflow_outputs: list[dict] | None = None
 
     @classmethod
     def from_response(cls, response: AgentResponse) -> HostedRunResult:

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from agent_framework import Message
-
 from afhost.models import Run
+from afhost.types import HostedRunResult
 from channels_app.responses.rendering import ResponsesRenderer, output_items
 
 
@@ -13,5 +12,5 @@ class ResponsesChannel:
     def renderer(self, run: Run, *, next_sequence: int) -> ResponsesRenderer:
         return ResponsesRenderer(run, next_sequence=next_sequence)
 
-    def render_output(self, messages: list[Message]) -> list[dict]:
-        return output_items(messages)
+    def render_output(self, result: HostedRunResult) -> list[dict]:
+        return output_items(result.messages)

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import re
 
-from agent_framework import Message
-
 from afhost.registry import PushProgress
+from afhost.types import HostedRunResult
 from channels_app.telegram.push import push
 
 # "<chat id>" or "<chat id>:<forum topic id>"; group ids are negative.
@@ -18,7 +17,7 @@ class TelegramChannel:
     # An update whose worker died is answered again, from its run (processing._answer_with_agent).
     resumes_lost_runs = True
 
-    def render_output(self, messages: list[Message]) -> list[dict]:
+    def render_output(self, result: HostedRunResult) -> list[dict]:
         return []
 
     def push_locator(self, value: str) -> dict:
