@@ -35,6 +35,17 @@ def get_visible_run(*, isolation_key: str, public_id: uuid.UUID) -> Run:
     return run
 
 
+def get_invocation(*, isolation_key: str, invocation_id: str) -> Run:
+    """The caller's latest stored Invocations run named `invocation_id`."""
+    runs = Run.objects.visible_to(isolation_key).filter(
+        channel="invocations", invocation_id=invocation_id
+    )
+    run = runs.order_by("-created_at").first()
+    if run is None:
+        raise RunNotFound("not found")
+    return run
+
+
 def conversation_history(
     *, run: Run | None, truncation: str = Run.Truncation.AUTO, max_size: int | None = None
 ) -> list[Message]:

@@ -133,6 +133,7 @@ def _new_run(request: ChannelRequest, continuation: _Continuation, **fields) -> 
         options=dict(request.options),
         metadata=dict(request.metadata),
         attributes=dict(request.attributes),
+        invocation_id=request.invocation_id,
         input_messages=_message_dicts(request.input),
         truncation=request.truncation,
         response_target=None

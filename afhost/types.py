@@ -93,6 +93,8 @@ class ChannelRequest:
     # Claims the channel verified itself (an Entra access token's), or None.
     verified_claims: Mapping[str, Any] | None = None
     response_target: ResponseTarget = ResponseTarget()
+    # The id an Invocations caller names the run by.
+    invocation_id: str = ""
 
     @property
     def isolation_key(self) -> str:

@@ -16,6 +16,8 @@ urlpatterns = [
     path("v1/", include(("channels_app.responses.urls", "responses_v1"))),
     path("", include(("channels_app.responses.urls", "responses"))),
     re_path(r"^v1/(?P<path>.*)$", api_not_found),
+    # The Invocations protocol of Azure AI hosted agents (and its WebSocket, in afhost.asgi).
+    path("", include("channels_app.invocations.urls")),
     # The delivery dashboard (under admin/) and the operator API; before the admin's own URLs.
     path("", include("delivery.urls")),
     path("admin/", admin.site.urls),

@@ -15,7 +15,7 @@ from django.conf import settings
 
 from afhost.db import in_thread
 from afhost.models import ApiKey, hash_api_key
-from afhost.types import ChannelIdentity
+from afhost.types import ChannelIdentity, ResponseTarget
 from channels_app.exceptions import ApiError
 from linking.services import linking_enabled
 from linking.tokens import InvalidToken, KeysUnavailable, verify_access_token_async
@@ -170,3 +170,16 @@ async def _token_caller(token: str, headers: Mapping[str, str]) -> ApiCaller:
         call_id=_header(headers, CALL_ID_HEADER),
         verified_claims=claims,
     )
+
+
+def check_response_target(caller: ApiCaller, target: ResponseTarget) -> None:
+    """Only a trusted key may push to chats it names; others reach their own linked identities."""
+    if target.explicit and not (caller.api_key and caller.api_key.is_trusted):
+        raise ApiError(
+            403,
+            "Only a trusted API key may name chats in 'response_target'; other callers reach "
+            "the identities linked to them ('active', 'all_linked', or a channel name).",
+            type="permission_error",
+            param="response_target",
+            code="untrusted_response_target",
+        )

@@ -16,6 +16,7 @@ refusal (LinkRequired or Denied) included.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from django.conf import settings
 
 from afhost import execution, services
 from afhost.db import in_thread
+from afhost.exceptions import ConversationBusy
 from afhost.models import Run
 from afhost.services import StartedRun
 from afhost.types import ChannelIdentity, ChannelRequest
@@ -114,23 +116,31 @@ class Turn:
         return execution.stream_foreground_run(self.started)
 
 
-async def start_turn(request: ChannelRequest, *, large: bool = False) -> Turn:
+async def start_turn(request: ChannelRequest, *, large: bool = False, wait: float = 0) -> Turn:
     """Steps 1-4 for an HTTP caller: a foreground turn to run in this request, or a background
-    run queued for a worker. A conversation another turn is in raises ConversationBusy, a turn
-    authorization refuses TurnRefused.
+    run queued for a worker. A conversation another turn is in raises ConversationBusy (after
+    waiting up to `wait` seconds for it, sleeping between looks), a turn authorization refuses
+    TurnRefused.
 
     A caller that may call many times a second is recorded once a minute per process; a new
     foreground conversation from one recorded lately touches no database until it is stored.
     Preparing a `large` request's run is left to a pool thread even then, off the event loop.
     """
-    if (
-        large
-        or request.background
-        or request.continues_conversation
-        or not _admitted_lately(request.identity)
-    ):
-        return await in_thread(_start_turn, request)
-    return _start_turn(request)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if (
+                large
+                or request.background
+                or request.continues_conversation
+                or not _admitted_lately(request.identity)
+            ):
+                return await in_thread(_start_turn, request)
+            return _start_turn(request)
+        except ConversationBusy:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(execution.CONVERSATION_WAIT)
 
 
 def _start_turn(request: ChannelRequest) -> Turn:

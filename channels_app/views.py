@@ -14,7 +14,7 @@ from afhost.handlers import declared_length
 from channels_app.auth import authenticate
 from channels_app.exceptions import ApiError, api_endpoint, unavailable
 
-API_PREFIXES = ("/v1/", "/responses")
+API_PREFIXES = ("/v1/", "/responses", "/invocations")
 
 
 class ApiGate:

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any, get_args
 
 from agent_framework import AgentResponseUpdate, Content, Message
@@ -267,6 +267,7 @@ class ResponsesRenderer:
         self.sequence = next_sequence
         self.items: list[dict] = []
         self._open: dict | None = None  # the item still receiving deltas
+        self._message_id: str | None = None  # the message whose text the open item shows
         self._text: list[str] = []
         self._arguments: list[str] = []
         self._call: Content | None = None
@@ -308,7 +309,7 @@ class ResponsesRenderer:
         events: list[dict] = []
         for content in update.contents:
             if content.type == "text" and content.text:
-                events += self._text_delta(content.text)
+                events += self._text_delta(content.text, update.message_id)
             elif content.type == "function_call":
                 events += self._call_delta(content)
             elif content.type == "function_result":
@@ -319,11 +320,15 @@ class ResponsesRenderer:
     def _index(self) -> int:
         return len(self.items)
 
-    def _text_delta(self, delta: str) -> list[dict]:
+    def _text_delta(self, delta: str, message_id: str | None) -> list[dict]:
+        """Text continues the open message item, unless it is another message's (each output of
+        a workflow is a message of its own)."""
         events: list[dict] = []
-        if self._open is None or self._open["type"] != "message":
+        other_message = message_id and self._message_id and message_id != self._message_id
+        if self._open is None or self._open["type"] != "message" or other_message:
             events += self._close()
             self._open = _message_item(new_item_id("msg"), "", "in_progress")
+            self._message_id = message_id
             events.append(
                 self._event(
                     ResponseOutputItemAddedEvent,
@@ -450,14 +455,17 @@ KEEP_ALIVE = ": keep-alive\n\n"
 _END = object()
 
 
-async def sse_stream(batches: AsyncGenerator[list[dict], None]) -> AsyncIterator[str]:
+async def sse_stream(
+    batches: AsyncGenerator[list[dict], None], *, encode: Callable[[list[dict]], str] | None = None
+) -> AsyncIterator[str]:
     """Batches of events as SSE text; a comment first, so headers go out at once under daphne,
     and another whenever AFHOST_SSE_KEEPALIVE seconds pass without an event, so that proxies
     do not cut a stream whose run is quiet.
 
     The batches are produced by a task of their own, so waiting for the next one can time out
     without interrupting it; if the client goes away, the task is cancelled and the batches
-    closed before the response ends (a foreground run is then stored as cancelled).
+    closed before the response ends (a foreground run is then stored as cancelled). `encode`
+    writes a batch (the Responses API's events by default).
     """
     yield ": stream open\n\n"
     handoff: asyncio.Queue = asyncio.Queue(maxsize=1)
@@ -474,7 +482,7 @@ async def sse_stream(batches: AsyncGenerator[list[dict], None]) -> AsyncIterator
                 break
             if isinstance(item, BaseException):
                 raise item
-            yield sse(item)
+            yield (encode or sse)(item)
     finally:
         producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):

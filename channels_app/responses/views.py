@@ -14,7 +14,7 @@ from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState,
 from afhost.models import Run
 from afhost.types import ChannelRequest
 from channels_app import turns
-from channels_app.auth import ApiCaller, authenticate
+from channels_app.auth import ApiCaller, authenticate, check_response_target
 from channels_app.exceptions import ApiError, api_endpoint, not_found, refused
 from channels_app.responses.channel import ResponsesChannel
 from channels_app.responses.rendering import input_items, response_object, sse_stream
@@ -59,15 +59,7 @@ def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelReques
         "call_id": caller.call_id,
         "api_key": None if caller.api_key is None else str(caller.api_key.public_id),
     }
-    if params.response_target.explicit and not (caller.api_key and caller.api_key.is_trusted):
-        raise ApiError(
-            403,
-            "Only a trusted API key may name chats in 'response_target'; other callers reach "
-            "the identities linked to them ('active', 'all_linked', or a channel name).",
-            type="permission_error",
-            param="response_target",
-            code="untrusted_response_target",
-        )
+    check_response_target(caller, params.response_target)
     return ChannelRequest(
         channel=ResponsesChannel.name,
         identity=caller.identity,

@@ -1,0 +1,95 @@
+"""What the Invocations wire carries: the answer (`{"response": text}`), its streamed frames
+(`delta`, `done`, `error`), and a long-running invocation's status, as Microsoft's hosts put
+them; a workflow's outputs as the frames its output and request_info events make."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from agent_framework import AgentResponseUpdate, Message
+
+from afhost.models import Run
+from afhost.types import HostedRunResult
+
+# A run's status as a long-running invocation reports it.
+STATUSES = {
+    Run.Status.QUEUED: "running",
+    Run.Status.IN_PROGRESS: "running",
+    Run.Status.COMPLETED: "completed",
+    Run.Status.INCOMPLETE: "completed",
+    Run.Status.FAILED: "failed",
+    Run.Status.CANCELLED: "cancelled",
+}
+
+
+def stored_output(result: HostedRunResult) -> list[dict]:
+    """What a run keeps as its output items: a workflow's frames (an agent's text is read from
+    its messages)."""
+    return list(result.workflow_outputs or [])
+
+
+def failure_message(error: dict | None) -> str:
+    return (error or {}).get("message") or "Agent invocation failed."
+
+
+class InvocationsRenderer:
+    """A streamed invocation's frames: the text as `delta`s (a workflow's events as frames of
+    their own type), then `done` naming the session, or `error`."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._output_items: list[dict] = []
+
+    def start(self) -> list[dict]:
+        return []
+
+    def resume(self) -> list[dict]:
+        return []
+
+    def update(self, update: AgentResponseUpdate) -> list[dict]:
+        frame = (update.additional_properties or {}).get("workflow_frame")
+        if frame is not None:
+            return [{"event": frame["type"], "data": frame}]
+        return [{"event": "delta", "data": {"text": update.text}}] if update.text else []
+
+    def finish(self, result: HostedRunResult) -> list[dict]:
+        self._output_items = stored_output(result)
+        if result.status == Run.Status.FAILED:
+            data = {
+                "message": failure_message(result.error),
+                "code": "invocation_failed",
+                "status": 500,
+            }
+            return [{"event": "error", "data": data}]
+        return [{"event": "done", "data": {"session_id": self.run.attributes["session_id"]}}]
+
+    @property
+    def output_items(self) -> list[dict]:
+        return self._output_items
+
+
+def sse(frames: Iterable[dict]) -> str:
+    return "".join(f"event: {f['event']}\ndata: {json.dumps(f['data'])}\n\n" for f in frames)
+
+
+def answer_text(run: Run) -> str:
+    messages = (Message.from_dict(message) for message in run.output_messages)
+    return "\n".join(m.text for m in messages if m.role == "assistant" and m.text)
+
+
+def answer(run: Run) -> dict:
+    """A finished invocation's body: an agent's text, or a workflow's frames."""
+    if run.output_items:
+        return {"output": run.output_items}
+    return {"response": answer_text(run)}
+
+
+def invocation_status(run: Run) -> dict:
+    """A long-running invocation as GET /invocations/{id} reports it."""
+    body = {"invocation_id": run.invocation_id, "status": STATUSES[run.status]}
+    if body["status"] == "completed":
+        body["output"] = run.output_items or answer_text(run)
+    elif body["status"] == "failed":
+        body["error"] = failure_message(run.error)
+    return body
