@@ -58,6 +58,14 @@ def channels(base_url: str) -> list[Channel]:
             f"AI Foundry); models at {reverse('responses_v1:model_list')}. Bearer API keys.",
         ),
         Channel(
+            "Invocations",
+            "on",
+            f"{base_url}{reverse('invocations:create')}",
+            "Azure AI hosted agents' Invocations protocol: blocking, streamed or long-running "
+            f"(polled at /invocations/{{id}}); a WebSocket at {base_url.replace('http', 'ws', 1)}"
+            "/invocations_ws. Bearer API keys.",
+        ),
+        Channel(
             "Telegram",
             telegram,
             f"{settings.AFHOST_PUBLIC_URL}{webhook}" if telegram == "webhook" else "",

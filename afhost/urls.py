@@ -18,6 +18,7 @@ urlpatterns = [
     re_path(r"^v1/(?P<path>.*)$", api_not_found),
     # The Invocations protocol of Azure AI hosted agents (and its WebSocket, in afhost.asgi).
     path("", include("channels_app.invocations.urls")),
+    re_path(r"^invocations/(?P<path>.*)$", api_not_found),
     # The delivery dashboard (under admin/) and the operator API; before the admin's own URLs.
     path("", include("delivery.urls")),
     path("admin/", admin.site.urls),

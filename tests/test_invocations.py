@@ -382,3 +382,17 @@ def test_a_websocket_to_another_path_is_refused(live_server_url):
         asyncio.run(connect())
 
     assert refused.value.response.status_code == 403
+
+
+def test_an_unknown_invocations_route_is_a_json_404(live_server_url, raw_api_key):
+    response = _get(live_server_url, raw_api_key, "/invocations/docs/openapi.json")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_the_home_page_lists_the_invocations_channel(live_server_url):
+    page = httpx.get(live_server_url + "/").text
+
+    assert f"{live_server_url}/invocations" in page
+    assert "/invocations_ws" in page

@@ -54,6 +54,7 @@ class Command(BaseCommand):
             admin += f"  (first make a user: {python} manage.py createsuperuser)"
         rows.append(("Admin", admin))
         rows.append(("Responses API", f"{url}/v1/responses  (and {url}/v1/models)"))
+        rows.append(("Invocations", f"{url}/invocations  (and the WebSocket /invocations_ws)"))
         if settings.DEBUG:
             key_file = settings.BASE_DIR / ".dev-api-key"
             out = io.StringIO()
