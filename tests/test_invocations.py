@@ -14,6 +14,8 @@ import websockets
 from django.test import Client
 
 from afhost.models import Run
+from linking.models import Identity
+from tests.test_delivery import PRIVATE, link_to_telegram
 
 FIRST_ANSWER = (
     'You said: "hi". That is the first thing you told me. We have exchanged 1 message(s) so far.'
@@ -396,3 +398,26 @@ def test_the_home_page_lists_the_invocations_channel(live_server_url):
 
     assert f"{live_server_url}/invocations" in page
     assert "/invocations_ws" in page
+
+
+def test_an_invocations_answer_is_pushed_to_the_callers_linked_telegram_chat(
+    live_server_url, live_db, api_key_factory, telegram_api, worker
+):
+    api_key, raw_key = api_key_factory()
+    link_to_telegram(api_key, PRIVATE)
+
+    response = httpx.post(
+        f"{live_server_url}/invocations",
+        headers={"Authorization": f"Bearer {raw_key}", "x-agent-invocation-id": "pushed"},
+        json={"message": "hi", "response_target": "telegram"},
+    )
+
+    assert response.status_code == 202
+    deadline = time.monotonic() + 30
+    while not telegram_api.calls_to("sendMessage"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [call] = telegram_api.calls_to("sendMessage")
+    assert call.params["chat_id"] == PRIVATE
+    assert "That is the first thing you told me." in call.params["text"]
+    assert Identity.objects.filter(channel="api", native_id=f"key.{api_key.public_id}").exists()
