@@ -238,6 +238,9 @@ AFHOST_API_KEY_CACHE_SECONDS = env_float("AFHOST_API_KEY_CACHE_SECONDS", 5)
 AFHOST_POLL_INTERVAL = env_float("AFHOST_POLL_INTERVAL", 0.1)
 # An event stream quiet for this many seconds gets an SSE comment, so proxies keep it open.
 AFHOST_SSE_KEEPALIVE = env_float("AFHOST_SSE_KEEPALIVE", 15, minimum=0.01)
+# Azure AI Foundry's hosted agents run one container per session, named by this variable: an
+# invocation naming no agent_session_id belongs to it (as in Microsoft's host).
+FOUNDRY_AGENT_SESSION_ID = env_str("FOUNDRY_AGENT_SESSION_ID")
 # Input items one create may send (OpenAI-style 400 above it).
 AFHOST_MAX_INPUT_ITEMS = env_int("AFHOST_MAX_INPUT_ITEMS", 2048, minimum=1)
 # Earlier turns a turn loads and hands its target, measured as their stored messages' JSON

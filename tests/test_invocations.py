@@ -78,6 +78,20 @@ def test_an_invalid_invocation_or_session_id_is_replaced_by_a_new_one(invoke, va
     assert uuid.UUID(response.headers["x-agent-session-id"])
 
 
+def test_a_container_session_is_the_default_session_as_in_foundry(
+    live_server_factory, live_db, raw_api_key
+):
+    url = live_server_factory(FOUNDRY_AGENT_SESSION_ID="sandbox-7")
+    headers = {"Authorization": f"Bearer {raw_api_key}"}
+
+    first = httpx.post(f"{url}/invocations", headers=headers, json={"message": "hi"})
+    second = httpx.post(f"{url}/invocations", headers=headers, json={"message": "again"})
+
+    assert first.headers["x-agent-session-id"] == second.headers["x-agent-session-id"]
+    assert first.headers["x-agent-session-id"] == "sandbox-7"
+    assert 'Before that you said: "hi".' in second.json()["response"]
+
+
 def test_a_session_remembers_its_earlier_turns(invoke):
     invoke({"message": "hi"}, session="s-remember")
 

@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 from afhost.db import storable
 from afhost.types import NONE, ResponseTarget
 from channels_app.exceptions import ApiError
@@ -81,6 +83,12 @@ def valid_id(value: str | None) -> str | None:
 def issued_id(value: str | None) -> str:
     """A caller's id if it is valid, else a new one, as Microsoft's host answers either."""
     return valid_id(value) or str(uuid.uuid4())
+
+
+def session_id(value: str | None) -> str:
+    """The session an invocation names (`?agent_session_id=`), else the container's (Foundry's
+    FOUNDRY_AGENT_SESSION_ID), else a new one."""
+    return issued_id(value or settings.FOUNDRY_AGENT_SESSION_ID or None)
 
 
 def parse_invocation(raw: bytes) -> InvocationBody:

@@ -35,6 +35,7 @@ from channels_app.invocations.schemas import (
     InvocationBody,
     issued_id,
     parse_invocation,
+    session_id,
 )
 from channels_app.responses.rendering import sse_stream
 
@@ -99,23 +100,23 @@ async def start(request: ChannelRequest) -> turns.Turn:
 async def invocation_create(request: HttpRequest) -> HttpResponse:
     caller = await authenticate(request.headers)
     invocation_id = issued_id(request.headers.get(INVOCATION_ID))
-    session_id = issued_id(request.GET.get("agent_session_id"))
+    session = session_id(request.GET.get("agent_session_id"))
     try:
-        response = await _invoke(request, caller, invocation_id, session_id)
+        response = await _invoke(request, caller, invocation_id, session)
     except InvalidInvocation as exc:
         response = JsonResponse({"error": exc.message}, status=exc.status)
     except ApiError as exc:
         response = exc.response()
-    response[INVOCATION_ID], response[SESSION_ID] = invocation_id, session_id
+    response[INVOCATION_ID], response[SESSION_ID] = invocation_id, session
     return response
 
 
 async def _invoke(
-    request: HttpRequest, caller: ApiCaller, invocation_id: str, session_id: str
+    request: HttpRequest, caller: ApiCaller, invocation_id: str, session: str
 ) -> HttpResponse:
     body = parse_invocation(request.body)
     turn = await start(
-        invocation_request(body, caller, invocation_id=invocation_id, session_id=session_id)
+        invocation_request(body, caller, invocation_id=invocation_id, session_id=session)
     )
     if body.stream:
         response = StreamingHttpResponse(
