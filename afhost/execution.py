@@ -23,6 +23,7 @@ from afhost.services import StartedRun
 from afhost.tails import run_tails
 from afhost.targets import TextAppends, get_target
 from afhost.types import HostedRunResult
+from afhost.workflows import WorkflowTarget, hosted_run
 from afhost.writer import run_writer
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,16 @@ def _run_kwargs(run: Run) -> dict[str, Any]:
     if run.instructions:
         options["instructions"] = run.instructions
     return {"options": options} if options else {}
+
+
+def _call_target(run: Run, messages: list[Message], *, stream: bool) -> Any:
+    """Call the target for `run`. A workflow target reads which run it is in from `hosted_run`
+    during the call: it keeps the run's checkpoints."""
+    token = hosted_run.set(run)
+    try:
+        return get_target().run(messages, stream=stream, **_run_kwargs(run))
+    finally:
+        hosted_run.reset(token)
 
 
 def _failure(run: Run, exc: BaseException) -> HostedRunResult:
@@ -59,10 +70,9 @@ def _too_slow(run: Run) -> HostedRunResult:
 
 async def invoke(*, run: Run, messages: list[Message]) -> HostedRunResult:
     """Run the target to completion; a failure becomes a failed result, never an exception."""
-    target = get_target()
     try:
         async with asyncio.timeout(settings.AFHOST_RUN_TIMEOUT):
-            response = await target.run(messages, stream=False, **_run_kwargs(run))
+            response = await _call_target(run, messages, stream=False)
     except TimeoutError:
         return _too_slow(run)
     except Exception as exc:
@@ -79,10 +89,9 @@ class TargetStream:
         self.result: HostedRunResult | None = None
 
     async def __aiter__(self) -> AsyncIterator[AgentResponseUpdate]:
-        target = get_target()
         deadline = asyncio.get_running_loop().time() + settings.AFHOST_RUN_TIMEOUT
         try:
-            stream = target.run(self.messages, stream=True, **_run_kwargs(self.run))
+            stream = _call_target(self.run, self.messages, stream=True)
             updates, appends = aiter(stream), TextAppends()
             while True:
                 try:
@@ -118,10 +127,14 @@ async def run_blocking(started: StartedRun) -> Run:
     """
     run = started.run
     writes = run.pk is None
-    if writes:
+    # A workflow's checkpoints refer to its run: the run is stored before the workflow starts.
+    stored_first = writes and isinstance(get_target(), WorkflowTarget)
+    if writes and not stored_first:
         run_writer.start(started)
     try:
         try:
+            if stored_first:
+                await run_writer.start_visibly(started)
             result = await invoke(run=run, messages=started.messages)
         except asyncio.CancelledError:
             await asyncio.shield(_finish(started, CANCELLED, [], writes=writes))

@@ -316,3 +316,49 @@ class RunEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.sequence_number}"
+
+
+class RunCheckpointQuerySet(models.QuerySet["RunCheckpoint"]):
+    def visible_to(self, isolation_key: str) -> RunCheckpointQuerySet:
+        """Checkpoints of runs of this isolation key: the only ones its runs may restore."""
+        return self.filter(run__isolation_key=isolation_key)
+
+    def latest_of(self, run_id: int | None) -> RunCheckpoint | None:
+        if run_id is None:
+            return None
+        return self.filter(run_id=run_id).order_by("-created_at", "-pk").first()
+
+
+class RunCheckpoint(TimestampedModel):
+    """A checkpoint a workflow target took during a run (afhost.workflows), stored as JSON.
+
+    A run that died resumes from its latest checkpoint; a run that ended waiting for a person's
+    answer (pending requests in its latest checkpoint) is resumed by the next run after it.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    checkpoint_id = models.CharField(max_length=64, editable=False)
+    workflow_name = models.CharField(max_length=200, blank=True, editable=False)
+    state = models.JSONField(editable=False, help_text="The workflow's checkpoint, as JSON.")
+    outputs = models.JSONField(
+        default=list,
+        blank=True,
+        editable=False,
+        help_text="The run's workflow outputs up to this checkpoint, as it framed them.",
+    )
+
+    objects = RunCheckpointQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["checkpoint_id"], name="afhost_runcheckpoint_unique_checkpoint_id"
+            ),
+        ]
+        indexes = [
+            # Used by afhost.workflows: a run's latest checkpoint.
+            models.Index(fields=["run", "created_at"], name="afhost_runcheckpoint_latest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.checkpoint_id} of run {self.run_id}"

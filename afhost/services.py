@@ -10,13 +10,13 @@ from datetime import datetime, timedelta
 
 from agent_framework import Message
 from django.db import transaction
-from django.db.models import Q, Subquery
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
-from afhost.models import ApiKey, Conversation, Run, RunEvent
+from afhost.models import ApiKey, Conversation, Run, RunCheckpoint, RunEvent
 from afhost.registry import channels_resuming_lost_runs, finish_hooks, get_streaming_channel
 from afhost.selectors import conversation_history, next_event_sequence
 from afhost.types import ChannelRequest, HostedRunResult, new_item_id
@@ -313,7 +313,7 @@ def enqueue_run(*, run: Run) -> None:
 def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
     """Recover runs their process or the queue lost: re-enqueue long-queued background runs, and
     fail in-progress runs whose lease ran out (their process died mid-turn), but for those of
-    channels that run them again.
+    channels that run them again, and background workflow runs that can resume (queued again).
 
     Safe in many processes at once: a run is claimed at most once, and failing one first takes
     its expired lease. Returns (re-enqueued, failed).
@@ -329,12 +329,38 @@ def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
     lost = Run.objects.filter(status=Run.Status.IN_PROGRESS, lease_expires_at__lt=now).exclude(
         channel__in=channels_resuming_lost_runs()
     )
-    failed = sum(fail_lost_run(run=run) for run in lost.order_by("pk"))
+    # A background workflow run that checkpointed since it (last) started resumes from there;
+    # one that made no progress since is failed, lest a run that kills its worker loop forever.
+    progressed = RunCheckpoint.objects.filter(
+        run=OuterRef("pk"), created_at__gte=OuterRef("started_at")
+    )
+    failed = 0
+    for run in lost.annotate(resumable=Exists(progressed)).order_by("pk"):
+        if run.is_background and run.resumable:
+            requeued += requeue_lost_run(run=run)
+        else:
+            failed += fail_lost_run(run=run)
     if requeued or failed:
         logger.warning(
             "sweep: re-enqueued %d queued run(s), failed %d lost run(s)", requeued, failed
         )
     return requeued, failed
+
+
+def requeue_lost_run(*, run: Run) -> bool:
+    """Queue an in-progress background run whose process died again, for a worker to resume
+    (a workflow's, from its latest checkpoint); False if it is alive or ended after all."""
+    lease = take_lease(Run, run.pk, where=Q(status=Run.Status.IN_PROGRESS))
+    if not lease:
+        return False
+    with transaction.atomic():
+        if give_back(Run, run.pk, lease, status=Run.Status.QUEUED):
+            enqueue_run(run=run)
+            logger.warning(
+                "run %s was interrupted (its process died) and is queued again", run.public_id
+            )
+            return True
+    return False
 
 
 def fail_lost_run(*, run: Run) -> bool:

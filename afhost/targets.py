@@ -3,6 +3,8 @@
 A target is either
 - an agent-framework agent: anything implementing `agent_framework.SupportsAgentRun`
   (e.g. `agent_framework.Agent`), called with the whole conversation each turn; or
+- an agent-framework `Workflow`, or (recommended) a function without arguments that builds a
+  fresh one: each run is a turn of the workflow (afhost.workflows); or
 - a plain async callable `async def answer(messages: list[agent_framework.Message]) -> str`,
   or an async generator function with the same argument that yields `str` chunks (streamed).
   `messages` holds the conversation so far, oldest first, ending with the new input; request
@@ -31,6 +33,8 @@ from agent_framework import (
 )
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from afhost.workflows import WorkflowTarget
 
 Answer = Callable[[list[Message]], Awaitable[str] | AsyncIterator[str]]
 
@@ -155,11 +159,6 @@ def load_target(path: str) -> SupportsAgentRun:
         ) from None
     if isinstance(target, SupportsAgentRun):
         return target
-    if isinstance(target, Workflow):
-        raise TargetLoadError(
-            f"AFHOST_TARGET={path!r} is a Workflow; hosting workflows is not supported yet. "
-            "Wrap it with workflow.as_agent() or host an Agent."
-        )
     call = getattr(target, "__call__", None)  # noqa: B004
     if callable(target) and (
         inspect.iscoroutinefunction(target)
@@ -168,10 +167,28 @@ def load_target(path: str) -> SupportsAgentRun:
         or inspect.isasyncgenfunction(call)
     ):
         return CallableAgent(target, name=attribute)
+    if isinstance(target, Workflow) or _takes_no_arguments(target):
+        try:
+            return WorkflowTarget.load(target, name=attribute)
+        except TypeError as exc:
+            raise TargetLoadError(f"AFHOST_TARGET={path!r}: {exc}") from exc
     raise TargetLoadError(
         f"AFHOST_TARGET={path!r} is a {type(target).__name__}: expected an agent_framework agent "
-        "or an async callable taking a list of messages"
+        "or an async callable taking a list of messages, or a Workflow (or a function that "
+        "builds one)"
     )
+
+
+def _takes_no_arguments(target: object) -> bool:
+    """Whether the target is a function that can be called without arguments (a workflow
+    factory is one; a class is not)."""
+    if not callable(target) or inspect.isclass(target):
+        return False
+    try:
+        inspect.signature(target).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 @functools.cache

@@ -141,6 +141,7 @@ class HostedRunResult:
             }
             if usage
             else None,
+            workflow_outputs=(response.additional_properties or {}).get("workflow_outputs"),
         )
 
     @classmethod

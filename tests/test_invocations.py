@@ -435,3 +435,71 @@ def test_an_invocations_answer_is_pushed_to_the_callers_linked_telegram_chat(
     assert call.params["chat_id"] == PRIVATE
     assert "That is the first thing you told me." in call.params["text"]
     assert Identity.objects.filter(channel="api", native_id=f"key.{api_key.public_id}").exists()
+
+
+# --- a Workflow target ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workflow_invoke(live_server_factory, live_db, raw_api_key):
+    def serve(target):
+        url = live_server_factory(AFHOST_TARGET=target)
+
+        def post(body, *, session):
+            return httpx.post(
+                f"{url}/invocations",
+                params={"agent_session_id": session},
+                headers={"Authorization": f"Bearer {raw_api_key}"},
+                json=body,
+                timeout=30,
+            )
+
+        return post
+
+    return serve
+
+
+def test_a_workflows_outputs_are_answered_as_frames(workflow_invoke):
+    invoke = workflow_invoke("tests.workflows:report")
+
+    blocking = invoke({"message": "two words"}, session="wf-1")
+    streamed = invoke({"message": "three more words", "stream": True}, session="wf-2")
+
+    assert blocking.status_code == 200
+    assert blocking.json() == {
+        "output": [
+            {"type": "output", "data": "2 words", "executor_id": "report"},
+            {
+                "type": "output",
+                "data": {"words": 2, "shouted": "TWO WORDS"},
+                "executor_id": "report",
+            },
+        ]
+    }
+    assert _frames(streamed.text) == [
+        ("output", {"type": "output", "data": "3 words", "executor_id": "report"}),
+        (
+            "output",
+            {
+                "type": "output",
+                "data": {"words": 3, "shouted": "THREE MORE WORDS"},
+                "executor_id": "report",
+            },
+        ),
+        ("done", {"session_id": "wf-2"}),
+    ]
+
+
+def test_a_workflow_asking_for_input_is_answered_by_the_sessions_next_invocation(
+    workflow_invoke,
+):
+    invoke = workflow_invoke("tests.workflows:greeting")
+
+    [asked] = invoke({"message": "hello"}, session="greet").json()["output"]
+    [asked_again] = invoke({"message": "Ada"}, session="greet").json()["output"]
+    [greeted] = invoke({"message": "blue"}, session="greet").json()["output"]
+
+    assert (asked["type"], asked["data"]["prompt"]) == ("request_info", "What is your name?")
+    assert asked["source_executor_id"] == "greeter"
+    assert asked_again["data"]["prompt"] == "Nice to meet you, Ada. Your favourite colour?"
+    assert greeted == {"type": "output", "data": "Hello Ada, blue it is!", "executor_id": "greeter"}

@@ -69,7 +69,7 @@ def test_instructions_reach_a_callable_as_a_leading_system_message():
         ("tests.agents:missing", "has no 'missing'"),
         ("tests.agents:not_callable", "expected an agent_framework agent or an async callable"),
         ("tests.agents:get_weather", "expected an agent_framework agent or an async callable"),
-        ("tests.agents:workflow", "is a Workflow"),
+        ("tests.workflows:doubling", "the workflow's start executor takes int"),
     ],
 )
 def test_a_target_that_cannot_be_hosted_is_refused_clearly(path, message):

@@ -48,9 +48,10 @@ class InvocationsRenderer:
         return []
 
     def update(self, update: AgentResponseUpdate) -> list[dict]:
-        frame = (update.additional_properties or {}).get("workflow_frame")
-        if frame is not None:
-            return [{"event": frame["type"], "data": frame}]
+        properties = update.additional_properties or {}
+        if "workflow_frame" in properties:  # a workflow's: its frames, not its text
+            frame = properties["workflow_frame"]
+            return [] if frame is None else [{"event": frame["type"], "data": frame}]
         return [{"event": "delta", "data": {"text": update.text}}] if update.text else []
 
     def finish(self, result: HostedRunResult) -> list[dict]:
