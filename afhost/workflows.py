@@ -49,6 +49,7 @@ from agent_framework import (
 )
 from agent_framework._workflows._typing_utils import is_instance_of
 from agent_framework.exceptions import WorkflowCheckpointException
+from django.db import transaction
 from pydantic import BaseModel
 
 from afhost.db import db_call
@@ -410,6 +411,24 @@ def _loaded_class(key: str) -> type:
     return found
 
 
+@transaction.atomic
+def _keep_latest(
+    *, run: Run, checkpoint_id: str, workflow_name: str, state: dict, outputs: list[dict]
+) -> None:
+    """Store a run's new checkpoint in place of its earlier ones: a run resumes only from its
+    latest (and the next run from its previous run's latest), and each holds the outputs so far."""
+    RunCheckpoint.objects.filter(run=run).exclude(checkpoint_id=checkpoint_id).delete()
+    RunCheckpoint.objects.update_or_create(
+        checkpoint_id=checkpoint_id,
+        defaults={
+            "run_id": run.pk,
+            "workflow_name": workflow_name,
+            "state": state,
+            "outputs": outputs,
+        },
+    )
+
+
 class RunCheckpointStorage:
     """agent_framework's CheckpointStorage over RunCheckpoint rows, for one run: it saves the
     run's checkpoints (with the frames the run had output by then), and loads and lists those of
@@ -429,14 +448,12 @@ class RunCheckpointStorage:
             # agent_framework only logs a failed save; the run goes on, but cannot resume.
             logger.exception("run %s: a workflow checkpoint has no JSON form", self.run.public_id)
             raise
-        await db_call(RunCheckpoint.objects.update_or_create)(
+        await db_call(_keep_latest)(
+            run=self.run,
             checkpoint_id=checkpoint.checkpoint_id,
-            defaults={
-                "run_id": self.run.pk,
-                "workflow_name": checkpoint.workflow_name,
-                "state": state,
-                "outputs": list(self.turn.frames),
-            },
+            workflow_name=checkpoint.workflow_name,
+            state=state,
+            outputs=list(self.turn.frames),
         )
         return checkpoint.checkpoint_id
 

@@ -2,6 +2,7 @@
 that asks a person, resumed by their next message (Responses API and Telegram)."""
 
 import asyncio
+import contextlib
 import json
 from datetime import timedelta
 from unittest import mock
@@ -14,6 +15,7 @@ from django.utils import timezone
 from openai import OpenAI
 
 from afhost import services
+from afhost.db import db_call
 from afhost.models import Run, RunCheckpoint
 from afhost.targets import TargetLoadError, get_target, load_target
 from afhost.types import HostedRunResult
@@ -158,34 +160,45 @@ def test_a_checkpoint_naming_a_class_not_loaded_is_refused():
 
 
 def test_a_run_that_ran_before_resumes_from_its_latest_checkpoint(db, tmp_path, monkeypatch):
-    # given: a pipeline run that a dead worker left after its first step
+    # given: a pipeline run whose worker died after its first step had been checkpointed
     monkeypatch.setenv(EFFECTS, str(tmp_path / "effects"))
     target = load_target("tests.workflows:pipeline")
     run = Run.objects.create(channel="responses", isolation_key="k", status="in_progress")
+    first_step = [{"type": "output", "data": "one done", "executor_id": "one"}]
 
-    async def run_once():
+    def call(stream):
         token = hosted_run.set(run)
         try:
-            response = target.run([Message("user", ["slow 0"])])
+            return target.run([Message("user", ["slow 0.3"])], stream=stream)
         finally:
             hosted_run.reset(token)
-        return await response
 
-    async_to_sync(run_once)()
-    after_one = next(
-        row
-        for row in RunCheckpoint.objects.filter(run=run)
-        if row.outputs == [{"type": "output", "data": "one done", "executor_id": "one"}]
-    )
-    RunCheckpoint.objects.filter(run=run, created_at__gt=after_one.created_at).delete()
-    (tmp_path / "effects").unlink()
+    @db_call
+    def past_first_step():
+        return [row.outputs for row in RunCheckpoint.objects.filter(run=run)] == [first_step]
+
+    async def die_after_first_step():
+        running = asyncio.ensure_future(call(stream=True).get_final_response())
+        while not await past_first_step():  # noqa: ASYNC110 (a row another task writes)
+            await asyncio.sleep(0.01)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+    async def run_again():
+        return await call(stream=False)
+
+    async_to_sync(die_after_first_step)()
+    assert effects() == ["one"]
 
     # when: it runs again
-    response = async_to_sync(run_once)()
+    response = async_to_sync(run_again)()
 
-    # then: the first step did not run again, and the run's output is whole
-    assert effects() == ["two", "three"]
+    # then: the first step did not run again, the run's output is whole, and the run keeps its
+    # latest checkpoint alone
+    assert effects() == ["one", "two", "three"]
     assert _texts(response) == ["one done", "two done", "three done"]
+    assert RunCheckpoint.objects.filter(run=run).count() == 1
 
 
 def _lost_background_run(*, checkpointed_after_start: bool) -> Run:
