@@ -284,7 +284,8 @@ def _item_part(part: dict[str, Any]) -> Part:
 
 
 def shown_items(items: Sequence[dict[str, Any]]) -> list[ShownMessage]:
-    """Responses output items (message, function_call, ...) as roles and text."""
+    """Output items (Responses' message, function_call, ...; a workflow's output and
+    request_info frames) as roles and text."""
     shown = []
     for item in items:
         kind = item.get("type", "?")
@@ -300,6 +301,12 @@ def shown_items(items: Sequence[dict[str, Any]]) -> list[ShownMessage]:
         elif kind == "reasoning":
             texts = [part.get("text", "") for part in item.get("summary") or []]
             shown.append(ShownMessage("reasoning", [Part("reasoning", "\n".join(texts))]))
+        elif kind == "output":  # a workflow's output, as the Invocations channel keeps it
+            role = f"output · {item.get('executor_id', '')}"
+            shown.append(ShownMessage(role, [Part("text", _json_text(item.get("data")))]))
+        elif kind == "request_info":  # a workflow asking the person
+            role = f"asks the person · {item.get('source_executor_id', '')}"
+            shown.append(ShownMessage(role, [Part("text", _json_text(item.get("data")))]))
         else:
             shown.append(ShownMessage(kind, [Part("other", f"[{kind}]")]))
     return shown

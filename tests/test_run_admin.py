@@ -188,6 +188,32 @@ def test_the_run_page_shows_messages_as_text(admin_client, run_factory):
     assert f"resp_{run.public_id.hex}" in content
 
 
+def test_the_run_page_shows_a_workflows_frames_as_text(admin_client, run_factory):
+    # given: an Invocations run of a workflow, which keeps its frames as output items
+    run = run_factory(
+        channel="invocations",
+        output_items=[
+            {"type": "output", "data": "2 words", "executor_id": "report"},
+            {
+                "type": "request_info",
+                "data": {"prompt": "Your name?"},
+                "request_id": "r1",
+                "source_executor_id": "greeter",
+            },
+        ],
+    )
+
+    # when
+    content = admin_client.get(reverse("admin:afhost_run_change", args=[run.pk])).content.decode()
+
+    # then
+    assert "output · report" in content
+    assert "2 words" in content
+    assert "asks the person · greeter" in content
+    assert "{&quot;prompt&quot;: &quot;Your name?&quot;}" in content
+    assert "[output]" not in content
+
+
 def test_the_conversation_page_is_a_transcript_in_order(admin_client, run_factory):
     # given
     conversation = Conversation.objects.create(
