@@ -1,7 +1,9 @@
-"""A bare ASGI Responses endpoint: the ceiling for any Python app behind the same server.
+"""A bare ASGI Responses (and Invocations) endpoint: the ceiling for any Python app behind the
+same server.
 
 No framework, no auth, no storage: it reads the request body and answers fixed bytes shaped
-like afhost's answers (a Response object, or the same 26-event SSE sequence for "stream").
+like afhost's answers (a Response object, or the same 26-event SSE sequence for "stream"; on
+/invocations, `{"response": text}` or the same `delta` frames and `done`).
 """
 
 import json
@@ -30,6 +32,12 @@ SSE = [
     for n, (kind, data) in enumerate(EVENTS)
 ]
 
+INVOCATION_BODY = json.dumps({"response": TEXT}).encode()
+INVOCATION_SSE = [
+    *(f"event: delta\ndata: {json.dumps({'text': w})}\n\n".encode() for w in WORDS),
+    b'event: done\ndata: {"session_id": "s1"}\n\n',
+]
+
 
 async def app(scope, receive, send):
     if scope["type"] != "http":  # lifespan: accept startup/shutdown, nothing to do
@@ -43,6 +51,10 @@ async def app(scope, receive, send):
     stream = json.loads(body or b"{}").get("stream") is True
     kind = b"text/event-stream" if stream else b"application/json"
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]})
-    for chunk in SSE if stream else [BODY]:
+    if scope["path"].startswith("/invocations"):
+        chunks = INVOCATION_SSE if stream else [INVOCATION_BODY]
+    else:
+        chunks = SSE if stream else [BODY]
+    for chunk in chunks:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     return await send({"type": "http.response.body", "body": b""})

@@ -1,18 +1,22 @@
-"""Benchmark: creates per second and latency of POST /v1/responses, against two yardsticks.
+"""Benchmark: creates per second and latency of POST /v1/responses (or, with --protocol
+invocations, of POST /invocations), against two yardsticks.
 
 Three servers, started together in this one run and loaded one at a time, in rounds:
 
 1. afhost (this project) with its built-in demo agent, storing every run in the database;
 2. a bare ASGI endpoint (bench/bare_app.py) behind the same ASGI server as afhost;
 3. Microsoft's `azure-ai-agentserver-responses` host (bench/ms_host.py) on its own Hypercorn,
-   from a separate virtualenv (.bench-venv, created here if missing).
+   from a separate virtualenv (.bench-venv, created here if missing); for Invocations, its
+   Agent Framework host (`agent-framework-foundry-hosting`, bench/ms_invocations_host.py) around
+   afhost's own demo agent.
 
 Each is measured for blocking creates and for streaming (SSE) creates, with `wrk` (or a small
 asyncio client when wrk is missing), once per round; figures are medians over the rounds, and
 each ratio is the median of the ratios within a round. Only 127.0.0.1 is ever contacted. See
 bench/README.md.
 
-    .venv/bin/python bench/responses_bench.py [--server uvicorn|daphne] [--rounds 3]
+    .venv/bin/python bench/responses_bench.py [--protocol responses|invocations]
+        [--server uvicorn|daphne] [--rounds 3]
         [--database-url postgresql://postgres@127.0.0.1:5432/bench]
 
 This is a benchmark, not a test: it exits 0 whatever the figures (non-zero only when it could
@@ -47,14 +51,71 @@ BENCH_VENV = ROOT / ".bench-venv"
 MS_PACKAGES = ["azure-ai-agentserver-responses==2.3.0", "hypercorn==0.18.0"]
 PROFILER_PACKAGES = ["py-spy==0.4.3"]
 
-BLOCKING_BODY = '{"model":"bench","input":"hello"}'
-STREAMING_BODY = '{"model":"bench","input":"hello","stream":true}'
 EXPECTED_TEXT = "That is the first thing you told me."
 MODES = ("blocking", "streaming")
 TARGETS = ("afhost", "bare", "microsoft")
-# The issues' target for stored blocking creates on one process (the bare endpoint's, a third
-# of its rate, was withdrawn: it does no work; its ratio is still shown).
-TARGET_VS_MICROSOFT = 2.5
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What one protocol's creates look like, and Microsoft's host of it."""
+
+    name: str
+    path: str  # afhost's (and the bare app's) create path
+    blocking_body: str
+    streaming_body: str
+    blocking_marker: str  # in every good blocking answer
+    streaming_marker: str  # in every good streamed answer
+    microsoft_path: str
+    microsoft_script: str
+    # (module to probe, packages) for Microsoft's host in .bench-venv
+    microsoft_packages: tuple[tuple[str, tuple[str, ...]], ...]
+    target_vs_microsoft: float  # the issues' target for stored blocking creates on one process
+
+
+PROTOCOLS = {
+    "responses": Protocol(
+        name="responses",
+        path="/v1/responses",
+        blocking_body='{"model":"bench","input":"hello"}',
+        streaming_body='{"model":"bench","input":"hello","stream":true}',
+        blocking_marker='"completed"',
+        streaming_marker="response.completed",
+        microsoft_path="/responses",
+        microsoft_script="ms_host.py",
+        microsoft_packages=(
+            ("azure.ai.agentserver.responses", tuple(MS_PACKAGES)),
+            ("hypercorn", tuple(MS_PACKAGES)),
+        ),
+        # (the bare endpoint's, a third of its rate, was withdrawn: it does no work; its ratio
+        # is still shown)
+        target_vs_microsoft=2.5,
+    ),
+    "invocations": Protocol(
+        name="invocations",
+        path="/invocations",
+        blocking_body='{"message":"hello"}',
+        streaming_body='{"message":"hello","stream":true}',
+        blocking_marker='"response"',
+        streaming_marker="event: done",
+        microsoft_path="/invocations",
+        microsoft_script="ms_invocations_host.py",
+        microsoft_packages=(
+            (
+                "agent_framework_foundry_hosting",
+                (
+                    "azure-ai-agentserver-invocations==1.2.0",
+                    "azure-ai-agentserver-core==2.2.0",
+                    "agent-framework-foundry-hosting==1.0.0b261022",
+                    "hypercorn==0.18.0",
+                ),
+            ),
+            # The demo agent, imported from this checkout, needs Django's settings.
+            ("django", ("Django==5.2.19",)),
+        ),
+        target_vs_microsoft=2.0,
+    ),
+}
 LABEL_WIDTH = 34
 
 
@@ -189,12 +250,12 @@ def wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float 
 
 
 def sanity_check(
-    name: str, port: int, path: str, headers: dict[str, str], modes: list[str]
+    name: str, port: int, path: str, headers: dict[str, str], modes: list[str], protocol: Protocol
 ) -> None:
     """A create of each mode must succeed, with the expected answer, before anything is measured."""
     for mode, body, marker in (
-        ("blocking", BLOCKING_BODY, '"completed"'),
-        ("streaming", STREAMING_BODY, "response.completed"),
+        ("blocking", protocol.blocking_body, protocol.blocking_marker),
+        ("streaming", protocol.streaming_body, protocol.streaming_marker),
     ):
         if mode not in modes:
             continue
@@ -443,7 +504,7 @@ def afhost_target(args, workdir: Path) -> Target:
     return Target(
         name="afhost",
         label=f"afhost ({args.server}, {database_label(database_url)})",
-        path="/v1/responses",
+        path=args.protocol.path,
         headers={"Authorization": f"Bearer {key}"},
         cmd=server_cmd(args.server, "afhost.asgi:application", port),
         env=env,
@@ -456,7 +517,7 @@ def bare_target(args, workdir: Path) -> Target:
     return Target(
         name="bare",
         label=f"bare ASGI ({args.server})",
-        path="/v1/responses",
+        path=args.protocol.path,
         headers={},
         cmd=server_cmd(args.server, "bench.bare_app:app", port),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -464,13 +525,16 @@ def bare_target(args, workdir: Path) -> Target:
     )
 
 
-def ensure_bench_venv(*, profiler: bool = False) -> Path:
-    """The separate venv for Microsoft's host (and py-spy): created and filled when missing."""
+def ensure_bench_venv(
+    *, profiler: bool = False, protocol: Protocol = PROTOCOLS["responses"]
+) -> Path:
+    """The separate venv for Microsoft's host of `protocol` (and py-spy): created and filled
+    when missing."""
     python = BENCH_VENV / "bin" / "python"
     if not python.exists():
         print(f"  creating {BENCH_VENV.relative_to(ROOT)} ...")
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
-    probes = [("azure.ai.agentserver.responses", MS_PACKAGES), ("hypercorn", MS_PACKAGES)]
+    probes = protocol.microsoft_packages
     missing: list[str] = []
     for module, packages in probes:
         found = (
@@ -492,7 +556,7 @@ def ensure_bench_venv(*, profiler: bool = False) -> Path:
 
 
 def microsoft_target(args, workdir: Path) -> Target:
-    python = ensure_bench_venv()
+    python = ensure_bench_venv(protocol=args.protocol)
     port = free_port()
     state = workdir / "agentserver-state"
     state.mkdir(exist_ok=True)
@@ -507,9 +571,9 @@ def microsoft_target(args, workdir: Path) -> Target:
     return Target(
         name="microsoft",
         label="microsoft (hypercorn, file store)",
-        path="/responses",
+        path=args.protocol.microsoft_path,
         headers={},
-        cmd=[str(python), str(ROOT / "bench" / "ms_host.py")],
+        cmd=[str(python), str(ROOT / "bench" / args.protocol.microsoft_script)],
         env=env,
         port=port,
     )
@@ -529,14 +593,14 @@ class Running:
     log: Path
 
 
-def start(target: Target, workdir: Path, modes: list[str]) -> Running:
+def start(target: Target, workdir: Path, modes: list[str], protocol: Protocol) -> Running:
     """Start a server, wait until it listens, and check one create of each mode."""
     log = workdir / f"{target.name}.log"
     print(f"- {target.label}: starting on 127.0.0.1:{target.port}")
     proc = spawn(target.cmd, env=target.env, log=log)
     wait_listening(proc, target.port, log)
     try:
-        sanity_check(target.label, target.port, target.path, target.headers, modes)
+        sanity_check(target.label, target.port, target.path, target.headers, modes, protocol)
     except (OSError, http.client.HTTPException) as exc:
         raise BenchError(
             f"{target.label}: sanity request failed: {exc!r}\n" + log_tail(log)
@@ -547,11 +611,11 @@ def start(target: Target, workdir: Path, modes: list[str]) -> Running:
 
 
 def measure(server: Running, mode: str, round_: int, args, workdir: Path, load) -> Result:
-    target = server.target
+    target, protocol = server.target, args.protocol
     common = {
         "port": target.port,
         "path": target.path,
-        "body": STREAMING_BODY if mode == "streaming" else BLOCKING_BODY,
+        "body": protocol.streaming_body if mode == "streaming" else protocol.blocking_body,
         "headers": target.headers,
         "connections": args.connections,
         "workdir": workdir,
@@ -615,7 +679,7 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
-def report(results: list[Result], labels: dict[str, str]) -> dict:
+def report(results: list[Result], labels: dict[str, str], protocol: Protocol) -> dict:
     """Print medians over the rounds and the ratios; returns the summary for --json."""
     print()
     width = max(len(label) for label in labels.values())
@@ -649,7 +713,7 @@ def report(results: list[Result], labels: dict[str, str]) -> dict:
     by_key = {(r.target, r.mode, r.round): r for r in results}
     rounds = sorted({r.round for r in results})
     for mode in MODES:
-        for other, target in (("microsoft", TARGET_VS_MICROSOFT), ("bare", None)):
+        for other, target in (("microsoft", protocol.target_vs_microsoft), ("bare", None)):
             pairs = [
                 (by_key.get(("afhost", mode, n)), by_key.get((other, mode, n))) for n in rounds
             ]
@@ -680,6 +744,12 @@ def report(results: list[Result], labels: dict[str, str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="responses",
+        help="the creates measured: POST /v1/responses, or POST /invocations",
+    )
     parser.add_argument(
         "--server",
         choices=("uvicorn", "daphne"),
@@ -728,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    args.protocol = PROTOCOLS[args.protocol]
     args.targets = [t for t in args.targets.split(",") if t]
     args.modes = [m for m in args.modes.split(",") if m]
     if unknown := (set(args.targets) - set(TARGETS)) | (set(args.modes) - set(MODES)):
@@ -750,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     print(
-        f"responses bench: {client}, {args.connections} connections, "
+        f"{args.protocol.name} bench: {client}, {args.connections} connections, "
         f"{args.rounds} round(s) of {args.warmup:g}s warm-up + {args.duration:g}s per case; "
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs"
@@ -766,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.targets:
             target = builders[name](args, workdir)
             labels[name] = target.label
-            servers.append(start(target, workdir, args.modes))
+            servers.append(start(target, workdir, args.modes, args.protocol))
             if args.profile and name == "afhost":
                 profiler = start_profiler(servers[-1].proc.pid, args, workdir)
         # All servers are up, but only one is loaded at a time, so they never compete for the
@@ -786,12 +857,13 @@ def main(argv: list[str] | None = None) -> int:
         if profiler is not None:
             stop_profiler(profiler)
         clean_up(workdir)
-    summary = report(results, labels)
+    summary = report(results, labels, args.protocol)
     print(f"\n(total {time.monotonic() - started:.0f}s)")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
                 {
+                    "protocol": args.protocol.name,
                     "server": args.server,
                     "database": database_label(args.database_url or "sqlite"),
                     "client": client,

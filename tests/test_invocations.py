@@ -117,7 +117,7 @@ def test_each_caller_has_sessions_of_its_own(invoke, live_server_url, api_key_fa
 def test_a_streamed_invocation_sends_deltas_then_done(invoke):
     response = invoke({"message": "hi", "stream": True}, session="s-stream")
 
-    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
     frames = _frames(response.text)
     assert {event for event, _ in frames[:-1]} == {"delta"}
     assert "".join(data["text"] for _, data in frames[:-1]) == FIRST_ANSWER
@@ -291,6 +291,7 @@ def test_an_unknown_or_someone_elses_invocation_is_not_found(
         response = _get(live_server_url, other_key, path, method=method)
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "not_found"
+        assert response.headers["x-agent-invocation-id"] == path.split("/")[2]
 
 
 def test_only_a_trusted_key_may_push_an_invocations_answer_to_a_chat(invoke):

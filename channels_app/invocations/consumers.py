@@ -21,7 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from channels_app.auth import ApiCaller, authenticate
 from channels_app.exceptions import ApiError
-from channels_app.invocations.schemas import InvalidInvocation, parse_invocation, session_id
+from channels_app.invocations.schemas import InvalidInvocation, parse_invocation, session_for
 from channels_app.invocations.views import invocation_request, start
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class InvocationsConsumer(AsyncWebsocketConsumer):
             for name, value in self.scope["headers"]
         }
         query = parse_qs(self.scope["query_string"].decode("latin-1"))
-        self.session_id = session_id((query.get("agent_session_id") or [None])[0])
+        self.session_id = session_for((query.get("agent_session_id") or [None])[0])
         try:
             self.caller = await authenticate(headers)
         except ApiError as exc:

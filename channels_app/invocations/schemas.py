@@ -85,7 +85,7 @@ def issued_id(value: str | None) -> str:
     return valid_id(value) or str(uuid.uuid4())
 
 
-def session_id(value: str | None) -> str:
+def session_for(value: str | None) -> str:
     """The session an invocation names (`?agent_session_id=`), else the container's (Foundry's
     FOUNDRY_AGENT_SESSION_ID), else a new one."""
     return issued_id(value or settings.FOUNDRY_AGENT_SESSION_ID or None)

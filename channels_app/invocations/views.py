@@ -7,8 +7,6 @@ agent-framework-foundry-hosting); README.md lists where afhost differs, and why.
 
 from __future__ import annotations
 
-import functools
-
 from agent_framework import Message
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -21,7 +19,7 @@ from afhost.models import Run
 from afhost.types import ChannelRequest
 from channels_app import turns
 from channels_app.auth import ApiCaller, authenticate, check_response_target
-from channels_app.exceptions import ApiError, View, api_endpoint, not_found, refused
+from channels_app.exceptions import ApiError, api_endpoint, not_found, refused
 from channels_app.invocations.channel import InvocationsChannel
 from channels_app.invocations.rendering import (
     STATUSES,
@@ -35,29 +33,14 @@ from channels_app.invocations.schemas import (
     InvocationBody,
     issued_id,
     parse_invocation,
-    session_id,
+    session_for,
+    valid_id,
 )
 from channels_app.responses.rendering import sse_stream
 
 INVOCATION_ID = "x-agent-invocation-id"
 SESSION_ID = "x-agent-session-id"
 SESSION_CONFLICT = "Another request advanced this agent session; reload before retrying."
-
-
-def invocations_endpoint(*methods: str):
-    """`api_endpoint`, with the errors Microsoft's host answers as `{"error": "<message>"}`."""
-
-    def decorate(view: View) -> View:
-        @functools.wraps(view)
-        async def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-            try:
-                return await view(request, *args, **kwargs)
-            except InvalidInvocation as exc:
-                return JsonResponse({"error": exc.message}, status=exc.status)
-
-        return api_endpoint(*methods)(wrapper)
-
-    return decorate
 
 
 def invocation_request(
@@ -96,11 +79,11 @@ async def start(request: ChannelRequest) -> turns.Turn:
         raise refused(exc.outcome) from None
 
 
-@invocations_endpoint("POST")
+@api_endpoint("POST")
 async def invocation_create(request: HttpRequest) -> HttpResponse:
     caller = await authenticate(request.headers)
     invocation_id = issued_id(request.headers.get(INVOCATION_ID))
-    session = session_id(request.GET.get("agent_session_id"))
+    session = session_for(request.GET.get("agent_session_id"))
     try:
         response = await _invoke(request, caller, invocation_id, session)
     except InvalidInvocation as exc:
@@ -120,7 +103,7 @@ async def _invoke(
     )
     if body.stream:
         response = StreamingHttpResponse(
-            sse_stream(turn.stream(), encode=sse), content_type="text/event-stream"
+            sse_stream(turn.stream(), encode=sse), content_type="text/event-stream; charset=utf-8"
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -146,18 +129,30 @@ async def _invocation(caller: ApiCaller, invocation_id: str) -> Run:
         raise not_found("Invocation", invocation_id) from None
 
 
-@invocations_endpoint("GET")
+@api_endpoint("GET")
 async def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpResponse:
     """A long-running (or any stored) invocation's status, and its output once it has one."""
     caller = await authenticate(request.headers)
-    response = JsonResponse(invocation_status(await _invocation(caller, invocation_id)))
-    response[INVOCATION_ID] = invocation_id
-    return response
+    try:
+        response = JsonResponse(invocation_status(await _invocation(caller, invocation_id)))
+    except ApiError as exc:
+        response = exc.response()
+    return _naming(response, invocation_id)
 
 
-@invocations_endpoint("POST")
+@api_endpoint("POST")
 async def invocation_cancel(request: HttpRequest, invocation_id: str) -> HttpResponse:
     caller = await authenticate(request.headers)
+    try:
+        response = JsonResponse(await _cancel(caller, invocation_id))
+    except ApiError as exc:
+        response = exc.response()
+    except InvalidInvocation as exc:
+        response = JsonResponse({"error": exc.message}, status=exc.status)
+    return _naming(response, invocation_id)
+
+
+async def _cancel(caller: ApiCaller, invocation_id: str) -> dict:
     run = await _invocation(caller, invocation_id)
     status = run.status
     if not run.is_terminal:
@@ -172,6 +167,11 @@ async def invocation_cancel(request: HttpRequest, invocation_id: str) -> HttpRes
     body = {"invocation_id": invocation_id, "status": STATUSES[status]}
     if status != Run.Status.CANCELLED:
         body["error"] = f"invocation already {body['status']}"
-    response = JsonResponse(body)
-    response[INVOCATION_ID] = invocation_id
+    return body
+
+
+def _naming(response: HttpResponse, invocation_id: str) -> HttpResponse:
+    """Every answer about an invocation names it, as Microsoft's host does (a valid id)."""
+    if valid_id(invocation_id):
+        response[INVOCATION_ID] = invocation_id
     return response
