@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from agent_framework import Message
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -97,8 +97,29 @@ def _continuation(request: ChannelRequest) -> _Continuation:
         return _Continuation(previous=previous)
     if request.conversation_key is None:
         return _Continuation()
-    conversation = _conversation(request.channel, request.isolation_key, request.conversation_key)
+    lookup = {
+        "channel": request.channel,
+        "isolation_key": request.isolation_key,
+        "key": request.conversation_key,
+    }
+    conversation = Conversation.objects.filter(**lookup).first()
+    if conversation is None:
+        try:
+            return _new_conversation(**lookup)
+        except IntegrityError:  # another turn began it meanwhile, and holds it or held it
+            conversation = Conversation.objects.get(**lookup)
     return _lease_conversation(conversation)
+
+
+def _new_conversation(**lookup: str) -> _Continuation:
+    """A conversation's first turn: it is created already leased, with no head to read."""
+    lease = secrets.token_hex(8)
+    with transaction.atomic():
+        conversation = Conversation.objects.create(
+            **lookup, lease_owner=lease, lease_expires_at=timezone.now() + lease_duration()
+        )
+    keeper.hold(Conversation, conversation.pk, lease)
+    return _Continuation(conversation=conversation, lease=lease)
 
 
 def _conversation(channel: str, isolation_key: str, key: str) -> Conversation:

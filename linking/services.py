@@ -44,7 +44,7 @@ def linking_enabled() -> bool:
 
 
 # API callers are "api" identities (channels_app.auth), whichever API channel they call.
-_IDENTITY_CHANNELS = {"responses": "api"}
+_IDENTITY_CHANNELS = {"responses": "api", "invocations": "api"}
 
 
 def identity_channels() -> list[str]:

@@ -7,13 +7,15 @@ import json
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import httpx
 import pytest
 import websockets
 from django.test import Client
+from django.utils import timezone
 
-from afhost.models import Run
+from afhost.models import ApiKey, Conversation, Run
 from linking.models import Identity
 from tests.test_delivery import PRIVATE, link_to_telegram
 
@@ -504,3 +506,50 @@ def test_a_workflow_asking_for_input_is_answered_by_the_sessions_next_invocation
     assert asked["source_executor_id"] == "greeter"
     assert asked_again["data"]["prompt"] == "Nice to meet you, Ada. Your favourite colour?"
     assert greeted == {"type": "output", "data": "Hello Ada, blue it is!", "executor_id": "greeter"}
+
+
+def test_a_session_busy_for_longer_than_a_turn_may_take_is_a_409(
+    live_server_factory, live_db, api_key_factory
+):
+    # given: a turn of another process holds the session longer than a turn may take (5 s)
+    api_key, raw_key = api_key_factory()
+    Conversation.objects.create(
+        channel="invocations",
+        isolation_key=f"api:key.{api_key.public_id}",
+        key="session:busy",
+        lease_owner="another-process",
+        lease_expires_at=timezone.now() + timedelta(minutes=1),
+    )
+    url = live_server_factory(AFHOST_RUN_TIMEOUT="5")
+
+    # when
+    response = httpx.post(
+        f"{url}/invocations",
+        params={"agent_session_id": "busy"},
+        headers={"Authorization": f"Bearer {raw_key}"},
+        json={"message": "hi"},
+        timeout=30,
+    )
+
+    # then: Microsoft's answer to a session another request advanced
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": "Another request advanced this agent session; reload before retrying."
+    }
+    assert response.headers["x-agent-session-id"] == "busy"
+    assert Run.objects.count() == 0
+
+
+def test_a_caller_linking_refuses_is_refused_on_invocations_too(invoke, raw_api_key):
+    api_key = ApiKey.objects.get()
+    Identity.objects.create(
+        channel="api",
+        native_id=f"key.{api_key.public_id}",
+        isolation_key=f"api:key.{api_key.public_id}",
+    ).block(by="an operator")
+
+    response = invoke({"message": "hi"})
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "access_denied"
+    assert Run.objects.count() == 0

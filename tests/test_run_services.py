@@ -293,6 +293,24 @@ def test_a_second_turn_in_a_conversation_is_refused_while_the_first_runs(request
     assert Run.objects.count() == 1
 
 
+def test_a_conversation_begun_by_another_turn_meanwhile_is_found_busy(request_factory, db):
+    # given: another turn creates (and holds) the conversation between our look and our insert
+    services.start_run(request=request_factory("one", conversation_key="c1"))
+    looks = iter([True])
+    real_filter = Conversation.objects.filter
+
+    def filter_(*args, **kwargs):
+        found = real_filter(*args, **kwargs)
+        return found.none() if next(looks, False) else found
+
+    # when / then: our insert conflicts, and we find the conversation busy
+    with mock.patch.object(Conversation.objects, "filter", filter_):
+        with pytest.raises(ConversationBusy):
+            services.start_run(request=request_factory("two", conversation_key="c1"))
+    assert Conversation.objects.count() == 1
+    assert Run.objects.count() == 1
+
+
 def test_the_next_turn_in_a_conversation_sees_every_turn_before_it(request_factory, db):
     # given
     first = services.start_run(request=request_factory("one", conversation_key="c1"))
