@@ -553,3 +553,24 @@ def test_a_caller_linking_refuses_is_refused_on_invocations_too(invoke, raw_api_
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "access_denied"
     assert Run.objects.count() == 0
+
+
+def test_the_users_a_trusted_key_names_have_sessions_of_their_own(
+    live_server_url, live_db, api_key_factory
+):
+    _, raw_key = api_key_factory(is_trusted=True)
+
+    def invoke(user, message):
+        return httpx.post(
+            f"{live_server_url}/invocations",
+            params={"agent_session_id": "same-session"},
+            headers={"Authorization": f"Bearer {raw_key}", "x-agent-user-id": user},
+            json={"message": message},
+        ).json()["response"]
+
+    invoke("alice", "hi")
+    bobs = invoke("bob", "hi")
+    alices = invoke("alice", "again")
+
+    assert bobs == FIRST_ANSWER
+    assert alices.startswith('You said: "again". Before that you said: "hi".')
