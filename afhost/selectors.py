@@ -15,16 +15,17 @@ from afhost.models import Run, RunEvent
 
 # Walks a run's chain of previous runs, newest first, adding up their sizes (not their
 # messages), and stops one run past `budget`. One query however long the conversation.
-_HISTORY_SQL = """
+_RUN_TABLE = Run._meta.db_table
+_HISTORY_SQL = f"""
 WITH RECURSIVE chain(id, previous_run_id, depth, total) AS (
-    SELECT id, previous_run_id, 0, messages_size FROM afhost_run WHERE id = %s
+    SELECT id, previous_run_id, 0, messages_size FROM {_RUN_TABLE} WHERE id = %s
     UNION ALL
     SELECT r.id, r.previous_run_id, c.depth + 1, c.total + r.messages_size
-    FROM afhost_run r JOIN chain c ON r.id = c.previous_run_id
+    FROM {_RUN_TABLE} r JOIN chain c ON r.id = c.previous_run_id
     WHERE c.total <= %s
 )
 SELECT id, total FROM chain ORDER BY depth
-"""
+"""  # noqa: S608 (the table's name, from the model)
 
 
 def get_visible_run(*, isolation_key: str, public_id: uuid.UUID) -> Run:
