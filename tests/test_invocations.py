@@ -522,21 +522,29 @@ def test_a_session_busy_for_longer_than_a_turn_may_take_is_a_409(
     )
     url = live_server_factory(AFHOST_RUN_TIMEOUT="5")
 
-    # when
-    response = httpx.post(
-        f"{url}/invocations",
-        params={"agent_session_id": "busy"},
-        headers={"Authorization": f"Bearer {raw_key}"},
-        json={"message": "hi"},
-        timeout=30,
-    )
+    # when: a blocking and a streamed invocation in it
+    async def both():
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {raw_key}"}, timeout=30
+        ) as http:
+            return await asyncio.gather(
+                *(
+                    http.post("/invocations", params={"agent_session_id": "busy"}, json=body)
+                    for body in ({"message": "hi"}, {"message": "hi", "stream": True})
+                )
+            )
 
-    # then: Microsoft's answer to a session another request advanced
-    assert response.status_code == 409
-    assert response.json() == {
-        "error": "Another request advanced this agent session; reload before retrying."
-    }
-    assert response.headers["x-agent-session-id"] == "busy"
+    blocking, streamed = asyncio.run(both())
+
+    # then: Microsoft's answers to a session another request advanced
+    message = "Another request advanced this agent session; reload before retrying."
+    assert blocking.status_code == 409
+    assert blocking.json() == {"error": message}
+    assert blocking.headers["x-agent-session-id"] == "busy"
+    assert streamed.status_code == 200
+    assert _frames(streamed.text) == [
+        ("error", {"message": message, "code": "session_conflict", "status": 409})
+    ]
     assert Run.objects.count() == 0
 
 

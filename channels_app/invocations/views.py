@@ -7,6 +7,8 @@ agent-framework-foundry-hosting); README.md lists where afhost differs, and why.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from agent_framework import Message
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -98,16 +100,18 @@ async def _invoke(
     request: HttpRequest, caller: ApiCaller, invocation_id: str, session: str
 ) -> HttpResponse:
     body = parse_invocation(request.body)
-    turn = await start(
-        invocation_request(body, caller, invocation_id=invocation_id, session_id=session)
-    )
-    if body.stream:
-        response = StreamingHttpResponse(
-            sse_stream(turn.stream(), encode=sse), content_type="text/event-stream; charset=utf-8"
+    try:
+        turn = await start(
+            invocation_request(body, caller, invocation_id=invocation_id, session_id=session)
         )
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+    except InvalidInvocation as exc:
+        if not (body.stream and exc.status == 409):
+            raise
+        # Microsoft's host has begun the stream by then: its conflict is the stream's error frame.
+        data = {"message": exc.message, "code": "session_conflict", "status": 409}
+        return _event_stream(_frames([{"event": "error", "data": data}]))
+    if body.stream:
+        return _event_stream(turn.stream())
     if body.background:
         response = JsonResponse({"invocation_id": invocation_id, "status": "running"}, status=202)
         response["Location"] = reverse("invocations:detail", args=[invocation_id])
@@ -116,6 +120,19 @@ async def _invoke(
     if run.status == Run.Status.FAILED:
         return JsonResponse({"error": failure_message(run.error)}, status=500)
     return JsonResponse(answer(run))
+
+
+def _event_stream(batches: AsyncIterator[list[dict]]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        sse_stream(batches, encode=sse), content_type="text/event-stream; charset=utf-8"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _frames(frames: list[dict]) -> AsyncIterator[list[dict]]:
+    yield frames
 
 
 async def _invocation(caller: ApiCaller, invocation_id: str) -> Run:
