@@ -392,6 +392,56 @@ def test_a_websocket_without_a_key_is_closed_with_4401(live_server_url, live_db)
     assert code == 4401
 
 
+def test_a_websocket_client_that_leaves_mid_turn_cancels_it(live_server_url, raw_api_key):
+    def running():
+        deadline = time.monotonic() + 10
+        while not Run.objects.filter(status="in_progress").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+    async def leave_early():
+        async with _ws_session(live_server_url, raw_api_key) as ws:
+            await ws.send(json.dumps({"message": "sleep 3"}))
+            await asyncio.to_thread(running)
+            await ws.send(json.dumps({"message": "meanwhile"}))
+            return json.loads(await ws.recv())
+
+    busy = asyncio.run(leave_early())
+
+    assert busy == {
+        "type": "error",
+        "message": "One invocation at a time: wait for the done frame.",
+        "code": "busy",
+        "status": 409,
+    }
+    deadline = time.monotonic() + 10
+    while Run.objects.filter(status="cancelled").count() != 1:
+        assert time.monotonic() < deadline, list(Run.objects.values_list("status", flat=True))
+        time.sleep(0.05)
+    assert Run.objects.count() == 1
+
+
+def test_a_websocket_of_a_caller_linking_refuses_is_closed_with_4403(live_server_url, raw_api_key):
+    api_key = ApiKey.objects.get()
+    Identity.objects.create(
+        channel="api",
+        native_id=f"key.{api_key.public_id}",
+        isolation_key=f"api:key.{api_key.public_id}",
+    ).block(by="an operator")
+
+    async def connect():
+        async with _ws_session(live_server_url, raw_api_key) as ws:
+            refusal = json.loads(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+        return refusal, closed.value.rcvd.code
+
+    refusal, code = asyncio.run(connect())
+
+    assert (refusal["code"], refusal["status"]) == ("access_denied", 403)
+    assert code == 4403
+
+
 def test_a_websocket_to_another_path_is_refused(live_server_url):
     async def connect():
         async with websockets.connect(_ws_url(live_server_url, "/elsewhere")):

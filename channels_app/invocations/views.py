@@ -7,6 +7,7 @@ agent-framework-foundry-hosting); README.md lists where afhost differs, and why.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from agent_framework import Message
@@ -70,11 +71,11 @@ def invocation_request(
     )
 
 
-async def start(request: ChannelRequest) -> turns.Turn:
+async def start(request: ChannelRequest, *, wait: bool = True) -> turns.Turn:
     """Start the turn; one in a session another turn is in waits for it, as Microsoft's host
-    does (up to AFHOST_RUN_TIMEOUT, the longest that turn may take)."""
+    does (up to AFHOST_RUN_TIMEOUT, the longest that turn may take), unless not to `wait`."""
     try:
-        return await turns.start_turn(request, wait=settings.AFHOST_RUN_TIMEOUT)
+        return await turns.start_turn(request, wait=settings.AFHOST_RUN_TIMEOUT if wait else 0)
     except ConversationBusy:
         raise InvalidInvocation(SESSION_CONFLICT, status=409) from None
     except turns.TurnRefused as exc:
@@ -100,18 +101,16 @@ async def _invoke(
     request: HttpRequest, caller: ApiCaller, invocation_id: str, session: str
 ) -> HttpResponse:
     body = parse_invocation(request.body)
-    try:
-        turn = await start(
-            invocation_request(body, caller, invocation_id=invocation_id, session_id=session)
-        )
-    except InvalidInvocation as exc:
-        if not (body.stream and exc.status == 409):
-            raise
-        # Microsoft's host has begun the stream by then: its conflict is the stream's error frame.
-        data = {"message": exc.message, "code": "session_conflict", "status": 409}
-        return _event_stream(_frames([{"event": "error", "data": data}]))
+    turn_request = invocation_request(body, caller, invocation_id=invocation_id, session_id=session)
     if body.stream:
+        try:
+            turn = await start(turn_request, wait=False)
+        except InvalidInvocation as exc:
+            if exc.status != 409:
+                raise
+            return _event_stream(_after_the_turn_before(turn_request))
         return _event_stream(turn.stream())
+    turn = await start(turn_request)
     if body.background:
         response = JsonResponse({"invocation_id": invocation_id, "status": "running"}, status=202)
         response["Location"] = reverse("invocations:detail", args=[invocation_id])
@@ -131,8 +130,21 @@ def _event_stream(batches: AsyncIterator[list[dict]]) -> StreamingHttpResponse:
     return response
 
 
-async def _frames(frames: list[dict]) -> AsyncIterator[list[dict]]:
-    yield frames
+async def _after_the_turn_before(request: ChannelRequest) -> AsyncIterator[list[dict]]:
+    """A streamed turn in a session another turn is in: the stream begins at once (its headers,
+    then keep-alives) and the turn waits inside it, as in Microsoft's host; a session still busy
+    when a turn may take no longer ends the stream with Microsoft's conflict frame."""
+    try:
+        turn = await start(request)
+    except (InvalidInvocation, ApiError) as exc:
+        code = "session_conflict" if exc.status == 409 else "refused"
+        yield [
+            {"event": "error", "data": {"message": exc.message, "code": code, "status": exc.status}}
+        ]
+        return
+    async with contextlib.aclosing(turn.stream()) as batches:
+        async for batch in batches:
+            yield batch
 
 
 async def _invocation(caller: ApiCaller, invocation_id: str) -> Run:
