@@ -21,9 +21,9 @@ from afhost.registry import get_channel, get_streaming_channel
 from afhost.selectors import next_event_sequence
 from afhost.services import StartedRun
 from afhost.tails import run_tails
-from afhost.targets import TextAppends, get_target
+from afhost.targets import TextAppends, get_target, hosts_workflow
 from afhost.types import HostedRunResult
-from afhost.workflows import WorkflowTarget, hosted_run
+from afhost.workflows import hosted_run
 from afhost.writer import run_writer
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ async def run_blocking(started: StartedRun) -> Run:
     run = started.run
     writes = run.pk is None
     # A workflow's checkpoints refer to its run: the run is stored before the workflow starts.
-    stored_first = writes and isinstance(get_target(), WorkflowTarget)
+    stored_first = writes and hosts_workflow()
     if writes and not stored_first:
         run_writer.start(started)
     try:

@@ -351,13 +351,14 @@ def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
         channel__in=channels_resuming_lost_runs()
     )
     # A background workflow run that checkpointed since it (last) started resumes from there;
-    # one that made no progress since is failed, lest a run that kills its worker loop forever.
+    # one that made no progress since is failed, lest a run that kills its worker loop forever,
+    # and so is a streamed one: the events it stored cannot be taken back.
     progressed = RunCheckpoint.objects.filter(
         run=OuterRef("pk"), created_at__gte=OuterRef("started_at")
     )
     failed = 0
     for run in lost.annotate(resumable=Exists(progressed)).order_by("pk"):
-        if run.is_background and run.resumable:
+        if run.is_background and run.resumable and not run.is_streamed:
             requeued += requeue_lost_run(run=run)
         else:
             failed += fail_lost_run(run=run)

@@ -194,3 +194,8 @@ def _takes_no_arguments(target: object) -> bool:
 @functools.cache
 def get_target() -> SupportsAgentRun:
     return load_target(settings.AFHOST_TARGET)
+
+
+def hosts_workflow() -> bool:
+    """Whether the hosted target is a workflow (whose channels answer with its frames)."""
+    return isinstance(get_target(), WorkflowTarget)

@@ -201,7 +201,10 @@ def test_two_turns_at_once_in_one_session_are_both_answered_one_after_the_other(
 
     first = threading.Thread(target=turn, args=("sleep 1",))
     first.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not Run.objects.filter(status="in_progress").exists():  # the first has the session
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     turn("second")
     first.join()
 
@@ -541,6 +544,14 @@ def test_a_workflows_outputs_are_answered_as_frames(workflow_invoke):
         ),
         ("done", {"session_id": "wf-2"}),
     ]
+
+
+def test_a_workflow_without_output_answers_no_frames(workflow_invoke):
+    invoke = workflow_invoke("tests.workflows:silent")
+
+    response = invoke({"message": "anything"}, session="wf-silent")
+
+    assert response.json() == {"output": []}
 
 
 def test_a_workflow_asking_for_input_is_answered_by_the_sessions_next_invocation(

@@ -201,13 +201,14 @@ def test_a_run_that_ran_before_resumes_from_its_latest_checkpoint(db, tmp_path, 
     assert RunCheckpoint.objects.filter(run=run).count() == 1
 
 
-def _lost_background_run(*, checkpointed_after_start: bool) -> Run:
+def _lost_background_run(*, checkpointed_after_start: bool, streamed: bool = False) -> Run:
     now = timezone.now()
     run = Run.objects.create(
         channel="responses",
         isolation_key="k",
         status=Run.Status.IN_PROGRESS,
         is_background=True,
+        is_streamed=streamed,
         started_at=now - timedelta(seconds=10),
         lease_owner="dead",
         lease_expires_at=now - timedelta(seconds=1),
@@ -222,9 +223,11 @@ def _lost_background_run(*, checkpointed_after_start: bool) -> Run:
 def test_the_sweeper_queues_again_a_workflow_run_that_progressed_and_fails_one_that_did_not(
     db, django_capture_on_commit_callbacks
 ):
-    # given: background workflow runs whose worker died; one checkpointed since it started
+    # given: background workflow runs whose worker died; one checkpointed since it started, one
+    # did not, and one did but streams (its stored events cannot be taken back to resume it)
     progressed = _lost_background_run(checkpointed_after_start=True)
     stuck = _lost_background_run(checkpointed_after_start=False)
+    streamed = _lost_background_run(checkpointed_after_start=True, streamed=True)
 
     # when
     with (
@@ -234,14 +237,14 @@ def test_the_sweeper_queues_again_a_workflow_run_that_progressed_and_fails_one_t
         counts = services.sweep_runs()
 
     # then
-    assert counts == (1, 1)
+    assert counts == (1, 2)
     async_task.assert_called_once_with(
         "afhost.tasks.execute_run", progressed.pk, q_options=mock.ANY
     )
-    progressed.refresh_from_db()
-    stuck.refresh_from_db()
+    for run in (progressed, stuck, streamed):
+        run.refresh_from_db()
     assert (progressed.status, progressed.lease_owner) == (Run.Status.QUEUED, "")
-    assert stuck.status == Run.Status.FAILED
+    assert stuck.status == streamed.status == Run.Status.FAILED
 
 
 # --- Responses API ------------------------------------------------------------------------

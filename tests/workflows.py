@@ -123,6 +123,15 @@ def assistant() -> Workflow:
     return WorkflowBuilder(name="assistant", start_executor=agent).build()
 
 
+@executor(id="nothing")
+async def nothing(text: str, ctx: WorkflowContext) -> None:
+    """Outputs nothing."""
+
+
+def silent() -> Workflow:
+    return WorkflowBuilder(name="silent", start_executor=nothing).build()
+
+
 @executor(id="double")
 async def double(number: int, ctx: WorkflowContext[Never, int]) -> None:
     await ctx.yield_output(number * 2)

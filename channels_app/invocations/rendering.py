@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from agent_framework import AgentResponseUpdate, Message
 
 from afhost.models import Run
+from afhost.targets import hosts_workflow
 from afhost.types import HostedRunResult
 
 # A run's status as a long-running invocation reports it.
@@ -59,7 +60,7 @@ class InvocationsRenderer:
         if result.status == Run.Status.FAILED:
             data = {
                 "message": failure_message(result.error),
-                "code": "invocation_failed",
+                "code": "workflow_invocation_failed" if hosts_workflow() else "invocation_failed",
                 "status": 500,
             }
             return [{"event": "error", "data": data}]
@@ -75,22 +76,28 @@ def sse(frames: Iterable[dict]) -> str:
 
 
 def answer_text(run: Run) -> str:
-    messages = (Message.from_dict(message) for message in run.output_messages)
-    return "\n".join(m.text for m in messages if m.role == "assistant" and m.text)
+    """The text of the run's messages, joined as agent_framework's `AgentResponse.text` does."""
+    return "".join(Message.from_dict(message).text for message in run.output_messages)
+
+
+def output(run: Run) -> list[dict] | str:
+    """A finished invocation's output: a workflow's frames, or an agent's text."""
+    if run.output_items or hosts_workflow():
+        return run.output_items
+    return answer_text(run)
 
 
 def answer(run: Run) -> dict:
-    """A finished invocation's body: an agent's text, or a workflow's frames."""
-    if run.output_items:
-        return {"output": run.output_items}
-    return {"response": answer_text(run)}
+    """A finished invocation's body, as Microsoft's host answers it."""
+    answered = output(run)
+    return {"output": answered} if isinstance(answered, list) else {"response": answered}
 
 
 def invocation_status(run: Run) -> dict:
     """A long-running invocation as GET /invocations/{id} reports it."""
     body = {"invocation_id": run.invocation_id, "status": STATUSES[run.status]}
     if body["status"] == "completed":
-        body["output"] = run.output_items or answer_text(run)
+        body["output"] = output(run)
     elif body["status"] == "failed":
         body["error"] = failure_message(run.error)
     return body
