@@ -241,6 +241,9 @@ AFHOST_SSE_KEEPALIVE = env_float("AFHOST_SSE_KEEPALIVE", 15, minimum=0.01)
 # Azure AI Foundry's hosted agents run one container per session, named by this variable: an
 # invocation naming no agent_session_id belongs to it (as in Microsoft's host).
 FOUNDRY_AGENT_SESSION_ID = env_str("FOUNDRY_AGENT_SESSION_ID")
+# Packages whose classes a workflow's checkpoints may hold, besides agent_framework's and those of
+# the package AFHOST_TARGET names (afhost.workflows).
+AFHOST_CHECKPOINT_MODULES = env_list("AFHOST_CHECKPOINT_MODULES")
 # Input items one create may send (OpenAI-style 400 above it).
 AFHOST_MAX_INPUT_ITEMS = env_int("AFHOST_MAX_INPUT_ITEMS", 2048, minimum=1)
 # Earlier turns a turn loads and hands its target, measured as their stored messages' JSON

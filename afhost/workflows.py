@@ -49,7 +49,9 @@ from agent_framework import (
 )
 from agent_framework._workflows._typing_utils import is_instance_of
 from agent_framework.exceptions import WorkflowCheckpointException
+from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from pydantic import BaseModel
 
 from afhost.db import db_call
@@ -93,6 +95,12 @@ class WorkflowTarget:
             raise TypeError(
                 f"the workflow's start executor takes {accepted}; afhost gives a workflow the "
                 "conversation (list[Message]) or the new user text (str)"
+            )
+        if source is workflow:
+            logger.warning(
+                "AFHOST_TARGET names a built Workflow (%s): its runs take turns, one at a time "
+                "per process; name a function that builds it to run them side by side",
+                name,
             )
         return cls(source, name=name)
 
@@ -305,7 +313,9 @@ def plain(value: Any) -> Any:
 # --- Checkpoints as JSON ----------------------------------------------------------------------
 #
 # agent_framework encodes checkpoints with pickle. Ours are JSON: values JSON has are stored as
-# themselves, others as {"__afhost__": kind, ...}. Decoding only builds data classes (dataclasses,
+# themselves, others as {"__afhost__": kind, ...}. Only classes of agent_framework, of the
+# package AFHOST_TARGET names and of AFHOST_CHECKPOINT_MODULES are stored (as Microsoft's hosting
+# allowlists checkpoint types), and decoding only builds such data classes (dataclasses,
 # pydantic models, enums, classes with from_dict) of modules this process has already imported,
 # never importing a module a stored value names (as agent_framework's own deserialize_type).
 
@@ -317,13 +327,33 @@ def encode_checkpoint(checkpoint: WorkflowCheckpoint) -> dict:
 
 
 def decode_checkpoint(state: dict) -> WorkflowCheckpoint:
-    checkpoint = _decode(state)
+    try:
+        checkpoint = _decode(state)
+    except (TypeError, KeyError, ValueError) as exc:  # a row this code did not write
+        raise WorkflowCheckpointException(f"a stored checkpoint is malformed: {exc}") from exc
     if not isinstance(checkpoint, WorkflowCheckpoint):
         raise WorkflowCheckpointException("the stored checkpoint is not a WorkflowCheckpoint")
     return checkpoint
 
 
+def _allowed_modules() -> tuple[str, ...]:
+    target = settings.AFHOST_TARGET
+    package = target.partition(":")[0].split(".")[0] if ":" in target else "agent_framework"
+    return ("builtins", "agent_framework", package, *settings.AFHOST_CHECKPOINT_MODULES)
+
+
+def _allowed(cls: type) -> bool:
+    module = cls.__module__
+    return any(module == m or module.startswith(f"{m}.") for m in _allowed_modules())
+
+
 def _class_key(cls: type) -> str:
+    if not _allowed(cls):
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__} is kept in a workflow checkpoint, but only "
+            "classes of agent_framework, of AFHOST_TARGET's package or of "
+            "AFHOST_CHECKPOINT_MODULES may be"
+        )
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
@@ -404,9 +434,10 @@ def _loaded_class(key: str) -> type:
     found: Any = sys.modules.get(module_name)
     for name in qualname.split("."):
         found = getattr(found, name, None)
-    if not isinstance(found, type):
+    if not isinstance(found, type) or not _allowed(found):
         raise WorkflowCheckpointException(
-            f"a stored checkpoint names {key!r}, which is not a class this process has loaded"
+            f"a stored checkpoint names {key!r}, which is not a class this process has loaded "
+            "from agent_framework, AFHOST_TARGET's package or AFHOST_CHECKPOINT_MODULES"
         )
     return found
 
@@ -438,7 +469,7 @@ class RunCheckpointStorage:
         self.run = run
         self.turn = turn
 
-    def _visible(self):
+    def _visible(self) -> QuerySet[RunCheckpoint]:
         return RunCheckpoint.objects.visible_to(self.run.isolation_key)
 
     async def save(self, checkpoint: WorkflowCheckpoint) -> str:

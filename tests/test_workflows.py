@@ -149,14 +149,41 @@ def test_a_checkpoint_is_stored_as_json_and_restored_whole():
     assert restored.state.keys() == checkpoint.state.keys()
 
 
-def test_a_checkpoint_naming_a_class_not_loaded_is_refused():
+@pytest.mark.parametrize(
+    "name",
+    [
+        "os:system",  # not a class
+        "subprocess:Popen",  # a class, outside the allowed packages
+        "afhost.services:StartedRun",  # a dataclass, outside them too
+    ],
+)
+def test_a_checkpoint_naming_a_class_it_may_not_hold_is_refused(name):
     # given
     stored = encode_checkpoint(_paused_checkpoint())
-    text = json.dumps(stored).replace("tests.workflows:Question", "os:system")
+    text = json.dumps(stored).replace("tests.workflows:Question", name)
 
     # then
-    with pytest.raises(WorkflowCheckpointException, match="'os:system'"):
+    with pytest.raises(WorkflowCheckpointException, match=repr(name)):
         decode_checkpoint(json.loads(text))
+
+
+def test_a_malformed_checkpoint_is_refused_as_one():
+    stored = encode_checkpoint(_paused_checkpoint())
+    text = json.dumps(stored).replace('"fields"', '"mangled"')
+
+    with pytest.raises(WorkflowCheckpointException, match="malformed"):
+        decode_checkpoint(json.loads(text))
+
+
+def test_a_checkpoint_holding_a_class_of_another_package_is_not_stored(settings):
+    # given: the workflow's package is not the target's
+    settings.AFHOST_TARGET = "elsewhere.agent:build"
+
+    # then: it cannot be stored (so nothing restores it later)
+    with pytest.raises(TypeError, match="AFHOST_CHECKPOINT_MODULES"):
+        encode_checkpoint(_paused_checkpoint())
+    settings.AFHOST_CHECKPOINT_MODULES = ["tests"]
+    assert decode_checkpoint(encode_checkpoint(_paused_checkpoint()))
 
 
 def test_a_run_that_ran_before_resumes_from_its_latest_checkpoint(db, tmp_path, monkeypatch):
