@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from agent_framework.exceptions import WorkflowCheckpointException
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
@@ -28,9 +29,10 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
-from afhost.models import ApiKey, Conversation, Run, parse_public_id, response_id
+from afhost.models import ApiKey, Conversation, Run, RunCheckpoint, parse_public_id, response_id
 from afhost.registry import channel_names
 from afhost.services import create_api_key, revoke_api_keys
+from afhost.workflows import decode_checkpoint
 from linking.models import Identity, LinkGrant
 
 _STATUS_COLOURS = {
@@ -472,6 +474,33 @@ class RunChannelFilter(admin.SimpleListFilter):
         return queryset.filter(channel=self.value()) if self.value() else queryset
 
 
+class RunCheckpointInline(admin.TabularInline):
+    """A workflow run's latest checkpoint: what it resumes from after its worker dies, or what
+    the next message answers when it waits for the person."""
+
+    model = RunCheckpoint
+    fields = ("checkpoint_id", "workflow_name", "created_at", "outputs_count", "waiting")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "Workflow checkpoint"
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description="outputs so far")
+    def outputs_count(self, obj: RunCheckpoint) -> int:
+        return len(obj.outputs)
+
+    @admin.display(description="waits for the person")
+    def waiting(self, obj: RunCheckpoint) -> str:
+        try:
+            pending = decode_checkpoint(obj.state).pending_request_info_events
+        except WorkflowCheckpointException as exc:
+            return f"unreadable: {exc}"
+        return f"yes ({len(pending)} question(s))" if pending else "no"
+
+
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
@@ -509,6 +538,7 @@ class RunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     shown = ("instructions", "input_view", "output_view", "output_items_view")
     raw = ("raw_input_messages", "raw_output_messages", "raw_output_items")
     readonly_fields = (*summary, *timing, *outcome, *shown, *raw)
+    inlines = (RunCheckpointInline,)
 
     def get_fieldsets(self, request: HttpRequest, obj: Run | None = None):
         # Every other column, as stored (including any a later change adds).

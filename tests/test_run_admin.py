@@ -10,9 +10,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from afhost.admin import LargeTablePaginator
-from afhost.models import Conversation, Run
+from afhost.models import Conversation, Run, RunCheckpoint
 from afhost.services import create_api_key
+from afhost.workflows import encode_checkpoint
 from linking.models import Identity
+from tests.workflows import paused_greeting
 
 
 @pytest.fixture
@@ -212,6 +214,27 @@ def test_the_run_page_shows_a_workflows_frames_as_text(admin_client, run_factory
     assert "asks the person · greeter" in content
     assert "{&quot;prompt&quot;: &quot;Your name?&quot;}" in content
     assert "[output]" not in content
+
+
+def test_the_run_page_shows_a_workflow_waiting_for_the_person(admin_client, run_factory):
+    # given: a workflow run that ended asking a question
+    run = run_factory()
+    checkpoint = paused_greeting()
+    RunCheckpoint.objects.create(
+        run=run,
+        checkpoint_id=checkpoint.checkpoint_id,
+        workflow_name="greeting",
+        state=encode_checkpoint(checkpoint),
+        outputs=[{"type": "request_info", "data": {"prompt": "What is your name?"}}],
+    )
+
+    # when
+    content = admin_client.get(reverse("admin:afhost_run_change", args=[run.pk])).content.decode()
+
+    # then
+    assert "Workflow checkpoint" in content
+    assert checkpoint.checkpoint_id in content
+    assert "yes (1 question(s))" in content
 
 
 def test_the_conversation_page_is_a_transcript_in_order(admin_client, run_factory):

@@ -8,7 +8,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
-from agent_framework import InMemoryCheckpointStorage, Message, WorkflowCheckpoint
+from agent_framework import Message
 from agent_framework.exceptions import WorkflowCheckpointException
 from asgiref.sync import async_to_sync
 from django.utils import timezone
@@ -21,7 +21,7 @@ from afhost.targets import TargetLoadError, get_target, load_target
 from afhost.types import HostedRunResult
 from afhost.workflows import WorkflowTarget, decode_checkpoint, encode_checkpoint, hosted_run
 from tests import workflows
-from tests.workflows import EFFECTS, effects
+from tests.workflows import EFFECTS, effects, paused_greeting
 
 PRIVATE = 1111111
 
@@ -122,18 +122,9 @@ def test_a_workflow_that_cannot_be_hosted_is_refused_clearly(path, message):
         load_target(path)
 
 
-def _paused_checkpoint() -> WorkflowCheckpoint:
-    async def run():
-        storage = InMemoryCheckpointStorage()
-        await workflows.greeting().run([Message("user", ["hi"])], checkpoint_storage=storage)
-        return await storage.get_latest(workflow_name="greeting")
-
-    return asyncio.run(run())
-
-
 def test_a_checkpoint_is_stored_as_json_and_restored_whole():
     # given: a checkpoint holding a pending request (a dataclass, its types) and messages
-    checkpoint = _paused_checkpoint()
+    checkpoint = paused_greeting()
 
     # when
     stored = json.loads(json.dumps(encode_checkpoint(checkpoint)))
@@ -159,7 +150,7 @@ def test_a_checkpoint_is_stored_as_json_and_restored_whole():
 )
 def test_a_checkpoint_naming_a_class_it_may_not_hold_is_refused(name):
     # given
-    stored = encode_checkpoint(_paused_checkpoint())
+    stored = encode_checkpoint(paused_greeting())
     text = json.dumps(stored).replace("tests.workflows:Question", name)
 
     # then
@@ -168,7 +159,7 @@ def test_a_checkpoint_naming_a_class_it_may_not_hold_is_refused(name):
 
 
 def test_a_malformed_checkpoint_is_refused_as_one():
-    stored = encode_checkpoint(_paused_checkpoint())
+    stored = encode_checkpoint(paused_greeting())
     text = json.dumps(stored).replace('"fields"', '"mangled"')
 
     with pytest.raises(WorkflowCheckpointException, match="malformed"):
@@ -181,9 +172,9 @@ def test_a_checkpoint_holding_a_class_of_another_package_is_not_stored(settings)
 
     # then: it cannot be stored (so nothing restores it later)
     with pytest.raises(TypeError, match="AFHOST_CHECKPOINT_MODULES"):
-        encode_checkpoint(_paused_checkpoint())
+        encode_checkpoint(paused_greeting())
     settings.AFHOST_CHECKPOINT_MODULES = ["tests"]
-    assert decode_checkpoint(encode_checkpoint(_paused_checkpoint()))
+    assert decode_checkpoint(encode_checkpoint(paused_greeting()))
 
 
 def test_a_run_that_ran_before_resumes_from_its_latest_checkpoint(db, tmp_path, monkeypatch):

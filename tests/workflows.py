@@ -12,9 +12,11 @@ from typing import Never
 from agent_framework import (
     Agent,
     Executor,
+    InMemoryCheckpointStorage,
     Message,
     Workflow,
     WorkflowBuilder,
+    WorkflowCheckpoint,
     WorkflowContext,
     executor,
     handler,
@@ -94,6 +96,17 @@ class Greeter(Executor):
 
 def greeting() -> Workflow:
     return WorkflowBuilder(name="greeting", start_executor=Greeter(id="greeter")).build()
+
+
+def paused_greeting() -> WorkflowCheckpoint:
+    """The checkpoint of a greeting waiting for the person's name."""
+
+    async def run() -> WorkflowCheckpoint:
+        storage = InMemoryCheckpointStorage()
+        await greeting().run([Message("user", ["hi"])], checkpoint_storage=storage)
+        return await storage.get_latest(workflow_name="greeting")
+
+    return asyncio.run(run())
 
 
 # The same, built once: hosted as an instance, it runs one run at a time per process.
