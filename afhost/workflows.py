@@ -47,7 +47,7 @@ from agent_framework import (
     WorkflowCheckpoint,
     WorkflowEvent,
 )
-from agent_framework._workflows._typing_utils import is_instance_of
+from agent_framework._workflows._typing_utils import is_instance_of  # private: see _input_for
 from agent_framework.exceptions import WorkflowCheckpointException
 from django.conf import settings
 from django.db import transaction
@@ -139,6 +139,8 @@ class WorkflowTarget:
 
 
 def _input_for(workflow: Workflow, conversation: list[Message]) -> list[Message] | str | None:
+    # is_instance_of is private to agent_framework, as Workflow._runner (above): re-check both
+    # when its pin moves.
     for value in (conversation, conversation[-1].text):
         if any(is_instance_of(value, accepted) for accepted in workflow.input_types):
             return value
