@@ -41,6 +41,9 @@ from linking.services import (
     touch_identity,
 )
 
+# Bodies larger than this are parsed, and their runs prepared, in a pool thread: the work grows
+# with the body, and on the event loop it would hold up every other request meanwhile.
+INLINE_BODY_BYTES = 64 * 1024
 # A busy HTTP caller's identity is written at most this often per process (its last_seen_at).
 TOUCH_EVERY = 60.0
 

@@ -158,6 +158,13 @@ def test_a_bad_body_gets_a_400_with_microsofts_message(invoke, body, message):
     assert Run.objects.count() == 0
 
 
+def test_a_large_invocation_is_answered(invoke):
+    response = invoke({"message": "long " * 20_000, "ignored": list(range(20_000))})
+
+    assert response.status_code == 200
+    assert response.json()["response"].startswith('You said: "long long')
+
+
 def test_chat_options_reach_the_agent(invoke):
     response = invoke({"message": "hi", "options": {"temperature": 0.5}})
 

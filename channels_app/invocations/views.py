@@ -7,6 +7,7 @@ agent-framework-foundry-hosting); README.md lists where afhost differs, and why.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -73,7 +74,8 @@ def invocation_request(
 
 async def start(request: ChannelRequest, *, wait: bool = True) -> turns.Turn:
     """Start the turn; one in a session another turn is in waits for it, as Microsoft's host
-    does (up to AFHOST_RUN_TIMEOUT, the longest that turn may take), unless not to `wait`."""
+    does (up to AFHOST_RUN_TIMEOUT, the longest that turn may take); without `wait`, it is
+    refused at once."""
     try:
         return await turns.start_turn(request, wait=settings.AFHOST_RUN_TIMEOUT if wait else 0)
     except ConversationBusy:
@@ -100,7 +102,10 @@ async def invocation_create(request: HttpRequest) -> HttpResponse:
 async def _invoke(
     request: HttpRequest, caller: ApiCaller, invocation_id: str, session: str
 ) -> HttpResponse:
-    body = parse_invocation(request.body)
+    if len(request.body) > turns.INLINE_BODY_BYTES:
+        body = await asyncio.to_thread(parse_invocation, request.body)
+    else:
+        body = parse_invocation(request.body)
     turn_request = invocation_request(body, caller, invocation_id=invocation_id, session_id=session)
     if body.stream:
         try:

@@ -80,11 +80,6 @@ def _channel_request(params: CreateResponse, caller: ApiCaller) -> ChannelReques
     )
 
 
-# Bodies larger than this are parsed, and their runs prepared, in a pool thread: the work grows
-# with the body, and on the event loop it would hold up every other request meanwhile.
-INLINE_BODY_BYTES = 64 * 1024
-
-
 def _parse_create(body: bytes, caller: ApiCaller) -> tuple[CreateResponse, ChannelRequest]:
     params = parse_create(parse_body(body))
     return params, _channel_request(params, caller)
@@ -95,7 +90,7 @@ async def response_create(request: HttpRequest) -> HttpResponse:
     """Create a response: blocking (JSON), streamed (SSE), or queued for a worker (background)."""
     caller = await authenticate(request.headers)
     body = request.body
-    large = len(body) > INLINE_BODY_BYTES
+    large = len(body) > turns.INLINE_BODY_BYTES
     if large:
         params, channel_request = await asyncio.to_thread(_parse_create, body, caller)
     else:
