@@ -60,19 +60,23 @@ def touch_identity(
     A message from an identity that was unreachable shows it can be reached again.
     """
     now = timezone.now()
-    row, _ = Identity.objects.update_or_create(
-        channel=identity.channel,
-        native_id=identity.native_id,
-        defaults={
-            "display_name": display_name[:200],
-            "username": username[:200],
-            "attributes": dict(identity.attributes),
-            "isolation_key": identity.isolation_key,
-            "last_seen_at": now,
-            "unreachable_at": None,
-            "unreachable_reason": "",
-        },
-    )
+    lookup = {"channel": identity.channel, "native_id": identity.native_id}
+    seen = {
+        "display_name": display_name[:200],
+        "username": username[:200],
+        "attributes": dict(identity.attributes),
+        "isolation_key": identity.isolation_key,
+        "last_seen_at": now,
+        "unreachable_at": None,
+        "unreachable_reason": "",
+    }
+    # Two statements for a known identity, not update_or_create's four (a transaction around a
+    # locking read): this runs for every message.
+    if Identity.objects.filter(**lookup).update(**seen, updated_at=now):
+        return Identity.objects.get(**lookup)
+    row, created = Identity.objects.get_or_create(**lookup, defaults=seen)
+    if not created:  # another message of theirs got there first
+        Identity.objects.filter(pk=row.pk).update(**seen, updated_at=now)
     return row
 
 
