@@ -13,19 +13,25 @@ from django.db.models import Q
 from afhost.exceptions import HistoryTooLong, RunNotFound
 from afhost.models import Run, RunEvent
 
-# Walks a run's chain of previous runs, newest first, adding up their sizes (not their
-# messages), and stops one run past `budget`. One query however long the conversation.
+# Walks a run's chain of previous runs, newest first, adding up their sizes, and stops one run
+# past `budget`; the messages of the runs that fit come with it. One query however long the
+# conversation; older runs are measured, not loaded.
 _RUN_TABLE = Run._meta.db_table
 _HISTORY_SQL = f"""
 WITH RECURSIVE chain(id, previous_run_id, depth, total) AS (
-    SELECT id, previous_run_id, 0, messages_size FROM {_RUN_TABLE} WHERE id = %s
+    SELECT id, previous_run_id, 0, messages_size FROM {_RUN_TABLE} WHERE id = %(run)s
     UNION ALL
     SELECT r.id, r.previous_run_id, c.depth + 1, c.total + r.messages_size
     FROM {_RUN_TABLE} r JOIN chain c ON r.id = c.previous_run_id
-    WHERE c.total <= %s
+    WHERE c.total <= %(budget)s
 )
-SELECT id, total FROM chain ORDER BY depth
+SELECT c.total <= %(budget)s,
+    CASE WHEN c.total <= %(budget)s THEN r.input_messages END,
+    CASE WHEN c.total <= %(budget)s THEN r.output_messages END
+FROM chain c JOIN {_RUN_TABLE} r ON r.id = c.id
+ORDER BY c.depth DESC
 """  # noqa: S608 (the table's name, from the model)
+_MESSAGES = Run._meta.get_field("input_messages")
 
 
 def get_visible_run(*, isolation_key: str, public_id: uuid.UUID) -> Run:
@@ -60,24 +66,18 @@ def conversation_history(
         return []
     budget = settings.AFHOST_MAX_HISTORY_BYTES if max_size is None else max_size
     with connection.cursor() as cursor:
-        cursor.execute(_HISTORY_SQL, [run.pk, budget])
+        cursor.execute(_HISTORY_SQL, {"run": run.pk, "budget": budget})
         chain = cursor.fetchall()
-    fitting = [pk for pk, total in chain if total <= budget]
-    if len(fitting) < len(chain) and truncation == Run.Truncation.DISABLED:
+    if not all(fits for fits, _, _ in chain) and truncation == Run.Truncation.DISABLED:
         raise HistoryTooLong(
             f"the conversation's history exceeds {budget} characters", param="input"
         )
-    rows = {
-        pk: (input_messages, output_messages)
-        for pk, input_messages, output_messages in Run.objects.filter(pk__in=fitting).values_list(
-            "pk", "input_messages", "output_messages"
-        )
-    }
     messages: list[Message] = []
-    for pk in reversed(fitting):
-        input_messages, output_messages = rows[pk]
-        messages.extend(Message.from_dict(m) for m in input_messages)
-        messages.extend(Message.from_dict(m) for m in output_messages)
+    for fits, input_messages, output_messages in chain:  # oldest first
+        if fits:
+            for stored in (input_messages, output_messages):
+                data = _MESSAGES.from_db_value(stored, None, connection)
+                messages.extend(Message.from_dict(m) for m in data)
     return messages
 
 

@@ -223,6 +223,39 @@ def _record_member(chat: TelegramChat, identity: Identity, update: TelegramUpdat
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """A message addressed to the bot, as read under the channel's policy."""
+
+    plan: Command | AgentTurn
+    listening: Listening
+    identity: Identity
+    # Whether the author may start a turn; None for a command (how a refused person gets access).
+    outcome: linking.Outcome | None
+
+
+def _take_in(
+    bot: Bot, chat: TelegramChat, update: TelegramUpdate, message: TgMessage
+) -> Intake | None:
+    """What the message asks of the bot under the channel's policy (None: not addressed to it),
+    with its author recorded, admitted for a turn, and counted in the chat: one database hop."""
+    policy = linking.policy_for(CHANNEL)
+    listening = Listening.of(policy)
+    plan = plan_message(
+        message, bot_username=bot.username, bot_id=bot.id, accept=listening.accept_in_group
+    )
+    if plan is None:
+        return None
+    user = message.from_user
+    profile = turns.Profile(display_name=user.full_name, username=user.username or "")
+    if isinstance(plan, Command):
+        identity, outcome = turns.identify(_author(message), profile=profile), None
+    else:
+        identity, outcome = turns.admit(_author(message), profile=profile, policy=policy)
+    _record_member(chat, identity, update)
+    return Intake(plan, listening, identity, outcome)
+
+
 def _reply_text(run: Run) -> str:
     if run.status == Run.Status.FAILED:
         return FAILED_ANSWER
@@ -505,33 +538,21 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
         return TelegramUpdate.Status.IGNORED, f"unsupported update type: {kind}"
     if message.from_user is None or message.from_user.is_bot:
         return TelegramUpdate.Status.IGNORED, "not from a person"
-    policy = await db_call(linking.policy_for)(CHANNEL)
-    listening = Listening.of(policy)
-    plan = plan_message(
-        message, bot_username=bot.username, bot_id=bot.id, accept=listening.accept_in_group
-    )
-    if plan is None:
+    intake = await db_call(_take_in)(bot, chat, update, message)
+    if intake is None:
         return TelegramUpdate.Status.IGNORED, "not addressed to the bot"
-    user = message.from_user
-    profile = turns.Profile(display_name=user.full_name, username=user.username or "")
-    if isinstance(plan, Command):  # commands are how a refused person gets access: no check
-        identity, outcome = await db_call(turns.identify)(_author(message), profile=profile), None
-    else:
-        identity, outcome = await db_call(turns.admit)(
-            _author(message), profile=profile, policy=policy
-        )
-    await db_call(_record_member)(chat, identity, update)
+    plan, identity, outcome = intake.plan, intake.identity, intake.outcome
     thread_id = message.message_thread_id if message.is_topic_message else None
     target = ReplyTarget(
         message.chat.id, thread_id, None if message.chat.type == "private" else message.message_id
     )
     note = ""
     if isinstance(plan, Command):
-        text = await _command_reply(plan, message, identity, listening, bot)
+        text = await _command_reply(plan, message, identity, intake.listening, bot)
     elif not isinstance(outcome, linking.Allowed):
         text, note = _refusal(outcome, message), f"refused: {outcome.reason}"
     else:
-        text = await _answer_with_agent(bot, update, message, plan, target, listening)
+        text = await _answer_with_agent(bot, update, message, plan, target, intake.listening)
         if text is None:
             return TelegramUpdate.Status.IGNORED, "no text or media to answer"
     try:
@@ -574,30 +595,26 @@ async def answer_chat(chat_pk: int) -> None:
     job turned away, so it is ours to answer.
     """
     # Every update queues its chat; the first job answers them all, so most find nothing due.
-    while await db_call(head_is_due)(chat_pk=chat_pk):
-        lease = await db_call(take_lease)(TelegramChat, chat_pk)
-        if not lease:
-            return
+    while lease := await db_call(take_lease)(TelegramChat, chat_pk, where=head_is_due()):
         try:
-            chat = await db_call(TelegramChat.objects.get)(pk=chat_pk)
-            await drain_chat(chat)
+            await drain_chat(chat_pk)
         finally:
             await db_call(give_back)(TelegramChat, chat_pk, lease)
 
 
-async def drain_chat(chat: TelegramChat) -> None:
+async def drain_chat(chat_pk: int) -> None:
     """Answer the chat's pending updates oldest first; stop at one that must wait for a retry.
 
     A failed attempt (Telegram unreachable, even for the bot's own getMe) counts against the
     update it was for.
     """
     async with job_bot() as bot:
-        while (update := await db_call(next_update)(chat=chat)) is not None:
+        while (update := await db_call(next_update)(chat_pk=chat_pk)) is not None:
             if update.next_attempt_at > timezone.now():
                 return
             try:
                 await bot.initialize()  # getMe, the first time
-                status, note = await handle_update(bot, chat, update)
+                status, note = await handle_update(bot, update.chat, update)
             except Exception as exc:
                 logger.exception(
                     "telegram update %s failed (attempt %d)", update.update_id, update.attempts + 1

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from django.db.models import OuterRef, Q, Subquery
+from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 
-from channels_app.telegram.models import TelegramChat, TelegramUpdate
+from channels_app.telegram.models import TelegramUpdate
 
 
-def next_update(*, chat: TelegramChat) -> TelegramUpdate | None:
-    """The chat's oldest pending update, which must be answered before any later one."""
-    return chat.updates.filter(status=TelegramUpdate.Status.PENDING).order_by("update_id").first()
+def next_update(*, chat_pk: int) -> TelegramUpdate | None:
+    """The chat's oldest pending update, which must be answered before any later one, with its
+    chat."""
+    pending = TelegramUpdate.objects.filter(chat_id=chat_pk, status=TelegramUpdate.Status.PENDING)
+    return pending.select_related("chat").order_by("update_id").first()
 
 
-def head_is_due(*, chat_pk: int) -> bool:
+def head_is_due() -> Q:
+    """Chats whose oldest pending update is due (a condition on TelegramChat rows)."""
     head = (
-        TelegramUpdate.objects.filter(chat_id=chat_pk, status=TelegramUpdate.Status.PENDING)
+        TelegramUpdate.objects.filter(chat=OuterRef("pk"), status=TelegramUpdate.Status.PENDING)
         .order_by("update_id")
-        .only("next_attempt_at")
-        .first()
+        .values("next_attempt_at")[:1]
     )
-    return head is not None and head.next_attempt_at <= timezone.now()
+    return Q(LessThanOrEqual(Subquery(head), timezone.now()))

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -93,9 +93,12 @@ def confirm_link(*, challenge: LinkChallenge, **kwargs: Any) -> None:
         )
 
 
-@transaction.atomic
 def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
-    """Store an update in the inbox and queue its chat; None for a duplicate update_id."""
+    """Store an update in the inbox and queue its chat; None for a duplicate update_id.
+
+    Four statements, as every update comes here: the chat upserted, the update inserted (a
+    duplicate's insert fails on update_id, Telegram resending one we have).
+    """
     update_id = payload.get("update_id")
     if not _is_integer(update_id):
         raise InvalidUpdate("an update needs an integer update_id")
@@ -108,30 +111,36 @@ def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
     if isinstance(chat_data, dict) and _is_integer(chat_data.get("id")):
         if chat_data["id"] not in _BIGINT:
             raise InvalidUpdate("chat id is outside the 64-bit range")
-        chat, _ = TelegramChat.objects.update_or_create(
+        chat = TelegramChat(
             chat_id=chat_data["id"],
-            defaults={
-                "kind": str(chat_data.get("type", ""))[:16],
-                "title": str(chat_data.get("title") or chat_data.get("first_name") or "")[:300],
-                "is_forum": bool(chat_data.get("is_forum")),
-            },
+            kind=str(chat_data.get("type", ""))[:16],
+            title=str(chat_data.get("title") or chat_data.get("first_name") or "")[:300],
+            is_forum=bool(chat_data.get("is_forum")),
         )
-    update, created = TelegramUpdate.objects.get_or_create(
-        update_id=update_id,
-        defaults={
-            "payload": payload,
-            "chat": chat,
-            "status": TelegramUpdate.Status.PENDING if chat else TelegramUpdate.Status.IGNORED,
-            "last_error": "" if chat else "update without a chat: not handled",
-        },
-    )
-    if not created:
+    try:
+        with transaction.atomic():
+            if chat is not None:
+                TelegramChat.objects.bulk_create(
+                    [chat],
+                    update_conflicts=True,
+                    unique_fields=["chat_id"],
+                    update_fields=["kind", "title", "is_forum", "updated_at"],
+                )
+                enqueue_chat(chat=chat)
+            update = TelegramUpdate.objects.create(
+                update_id=update_id,
+                payload=payload,
+                chat=chat,
+                status=TelegramUpdate.Status.PENDING if chat else TelegramUpdate.Status.IGNORED,
+                last_error="" if chat else "update without a chat: not handled",
+            )
+    except IntegrityError:
+        if not TelegramUpdate.objects.filter(update_id=update_id).exists():
+            raise
         logger.info("telegram update %s is a duplicate: ignored", update_id)
         return None
     if chat is None:
         logger.info("telegram update %s has no chat (%s): ignored", update_id, ", ".join(payload))
-    else:
-        enqueue_chat(chat=chat)
     return update
 
 
