@@ -17,6 +17,7 @@ from django_q.tasks import async_task
 from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunCheckpoint, RunEvent
+from afhost.queueing import queue_on_commit
 from afhost.registry import channels_resuming_lost_runs, finish_hooks, get_streaming_channel
 from afhost.selectors import conversation_history, next_event_sequence
 from afhost.types import ChannelRequest, HostedRunResult, new_item_id
@@ -241,7 +242,7 @@ def queue_run(*, request: ChannelRequest) -> Run:
             run=run,
             events=get_streaming_channel(run.channel).renderer(run, next_sequence=0).start(),
         )
-    transaction.on_commit(lambda: _queue(run))
+    _queue_on_commit(run)
     return run
 
 
@@ -325,10 +326,18 @@ def _queue(run: Run) -> None:
     )
 
 
+def _queue_on_commit(run: Run) -> None:
+    queue_on_commit(
+        lambda: _queue(run),
+        what=f"run {run.public_id}",
+        recovery=f"the sweeper queues it again after {QUEUE_GRACE.total_seconds():.0f} s",
+    )
+
+
 def enqueue_run(*, run: Run) -> None:
     """Hand a queued background run to the workers again once the transaction commits."""
     run.mark_enqueued()
-    transaction.on_commit(lambda: _queue(run))
+    _queue_on_commit(run)
 
 
 def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:

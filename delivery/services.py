@@ -37,6 +37,7 @@ from afhost.db import db_call
 from afhost.exceptions import PushError
 from afhost.leases import free, give_back, take_lease
 from afhost.models import Run
+from afhost.queueing import queue_on_commit
 from afhost.registry import pushing_channels
 from afhost.types import ACTIVE, ALL_LINKED, NONE, ORIGINATING
 from delivery.models import DeliveryAttempt, DeliveryTask
@@ -157,7 +158,15 @@ def schedule_deliveries(run: Run) -> list[DeliveryTask]:
 def enqueue(tasks: Iterable[DeliveryTask]) -> None:
     """Queue the tasks' ids for the workers once the transaction commits."""
     ids = [task.pk for task in tasks]
-    transaction.on_commit(lambda: [_queue(pk) for pk in ids])
+    _queue_on_commit(ids)
+
+
+def _queue_on_commit(ids: list[int]) -> None:
+    queue_on_commit(
+        lambda: [_queue(pk) for pk in ids],
+        what=f"{len(ids)} deliveries",
+        recovery="the sweeper queues them again once they have been due for two leases",
+    )
 
 
 def _queue(pk: int) -> None:
@@ -410,7 +419,7 @@ def retry_deliveries(*, tasks: QuerySet[DeliveryTask]) -> int:
         max_attempts=F("attempts") + settings.DELIVERY_MAX_ATTEMPTS,
         updated_at=now,
     )
-    transaction.on_commit(lambda: [_queue(pk) for pk in chosen])
+    _queue_on_commit(chosen)
     return len(chosen)
 
 

@@ -138,3 +138,29 @@ def test_a_task_lost_with_its_worker_is_queued_again_by_the_sweeper(
     assert answer.startswith('You said: "lost in redis".')
     time.sleep(0.5)  # a second answer would show up here
     assert len(telegram_api.sent_texts(1111111)) == 1
+
+
+def test_a_server_whose_redis_is_down_still_accepts_and_nothing_is_lost(
+    redis_queue,
+    live_server_factory,
+    live_db,
+    raw_api_key,
+    telegram_api,
+    telegram_update,
+    cluster_factory,
+):
+    # given: a server whose Redis does not answer (a port nobody listens on)
+    down = live_server_factory("uvicorn", AFHOST_REDIS_URL="redis://127.0.0.1:1/5")
+    client = OpenAI(base_url=f"{down}/v1", api_key=raw_api_key, max_retries=0, timeout=30)
+
+    # when: an update and a background run come in
+    _post_update(down, telegram_update("private_text", text="stored, not queued"))
+    created = client.responses.create(model="demo", input="stored too", background=True)
+
+    # then: both are accepted as usual (a 500 would make Telegram or the client send them again),
+    # and the update is answered once a worker's sweeper finds it
+    assert created.status == "queued"
+    assert client.responses.retrieve(created.id).status == "queued"
+    cluster_factory(AFHOST_REDIS_URL=REDIS_URL, AFHOST_LEASE_SECONDS="1")
+    [answer] = _wait_for_answers(telegram_api, 1111111)
+    assert answer.startswith('You said: "stored, not queued".')

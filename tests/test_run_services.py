@@ -56,6 +56,30 @@ def test_a_background_run_is_enqueued_only_after_commit(
     )
 
 
+def test_a_broker_that_refuses_the_task_leaves_the_run_stored_for_the_sweeper(
+    db, request_factory, django_capture_on_commit_callbacks, caplog
+):
+    # given
+    refused = ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    # when
+    with mock.patch("afhost.services.async_task", side_effect=refused) as async_task:
+        with django_capture_on_commit_callbacks(execute=True):
+            run = services.queue_run(request=request_factory(background=True))
+        Run.objects.filter(pk=run.pk).update(enqueued_at=timezone.now() - timedelta(minutes=3))
+        async_task.side_effect = None
+        requeued, _ = services.sweep_runs()
+
+    # then
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED
+    assert requeued == 1
+    record = next(r for r in caplog.records if r.name == "afhost.queueing")
+    assert record.levelname == "ERROR"
+    assert record.exc_info[1] is refused
+    assert f"queueing run {run.public_id} failed; it is stored" in record.getMessage()
+
+
 def test_the_task_runs_a_queued_run_to_completion(queued_run):
     # given
     run = queued_run("do it later")

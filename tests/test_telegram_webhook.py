@@ -1,9 +1,11 @@
 """The webhook view: authenticate, store, acknowledge. Processing is tested elsewhere."""
 
+from datetime import timedelta
 from unittest import mock
 
 import pytest
 from django.db import OperationalError
+from django.utils import timezone
 
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
 
@@ -154,6 +156,28 @@ def test_an_unexpected_error_answers_json_with_a_log_line(telegram_inbox, telegr
     record = next(r for r in caplog.records if r.name == "channels_app.telegram.views")
     assert record.levelname == "ERROR"
     assert record.exc_info[1] is failure
+
+
+def test_an_update_whose_queueing_fails_is_acknowledged_and_answered_by_the_sweeper(
+    telegram_inbox, telegram_update, caplog
+):
+    # given
+    refused = ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    # when
+    with mock.patch("channels_app.telegram.services.async_task", side_effect=refused):
+        response = telegram_inbox.post(telegram_update("private_text"))
+    TelegramUpdate.objects.update(next_attempt_at=timezone.now() - timedelta(minutes=1))
+    swept = telegram_inbox.sweep()
+
+    # then
+    assert response.status_code == 200
+    assert TelegramUpdate.objects.get().status == TelegramUpdate.Status.PENDING
+    assert swept == 1
+    assert telegram_inbox.queued == [
+        ("channels_app.tasks.process_telegram_chat", (TelegramChat.objects.get().pk,))
+    ]
+    assert "queueing telegram chat 1111111 failed; it is stored" in caplog.text
 
 
 def test_an_oversized_update_is_refused_with_json(telegram_inbox, settings, caplog):

@@ -18,6 +18,7 @@ from django_q.tasks import async_task
 
 from afhost.db import storable
 from afhost.models import Run
+from afhost.queueing import queue_on_commit
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
 from linking.models import LinkChallenge
 
@@ -74,12 +75,14 @@ def _chat_of(payload: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def enqueue_chat(*, chat: TelegramChat) -> None:
-    transaction.on_commit(
+    queue_on_commit(
         lambda: async_task(
             "channels_app.tasks.process_telegram_chat",
             chat.pk,
             q_options={"task_name": f"telegram-chat-{chat.chat_id}", "group": "telegram"},
-        )
+        ),
+        what=f"telegram chat {chat.chat_id}",
+        recovery="the sweeper answers its pending updates once they have waited a lease",
     )
 
 
