@@ -205,9 +205,9 @@ async def drive_background_run(started: StartedRun) -> None:
     A cancel (seen by CancelWatch's polling) stops the target at once.
     """
     run = started.run
-    renderer = get_streaming_channel(run.channel).renderer(
-        run, next_sequence=await db_call(next_event_sequence)(run=run)
-    )
+    # Only a streamed run stores its events (numbered on from those it stored before).
+    sequence = await db_call(next_event_sequence)(run=run) if run.is_streamed else 0
+    renderer = get_streaming_channel(run.channel).renderer(run, next_sequence=sequence)
     save = db_call(services.record_events)
     if run.is_streamed:
         await save(run=run, events=renderer.resume())

@@ -17,7 +17,7 @@ from django_q.tasks import async_task
 from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunCheckpoint, RunEvent
-from afhost.queueing import queue_on_commit
+from afhost.queueing import queue_stored
 from afhost.registry import channels_resuming_lost_runs, finish_hooks, get_streaming_channel
 from afhost.selectors import conversation_history, next_event_sequence
 from afhost.types import ChannelRequest, HostedRunResult, new_item_id
@@ -219,7 +219,7 @@ def start_run(*, request: ChannelRequest, link: Callable[[Run], None] | None = N
 
 @transaction.atomic
 def queue_run(*, request: ChannelRequest) -> Run:
-    """Store a background run as queued and hand it to the workers once committed.
+    """Store a background run as queued and hand it to the workers (afhost.queueing).
 
     A run in a named conversation reads its history when a worker starts it, after the turns
     before it have ended; one after a previous response continues from that response.
@@ -242,7 +242,7 @@ def queue_run(*, request: ChannelRequest) -> Run:
             run=run,
             events=get_streaming_channel(run.channel).renderer(run, next_sequence=0).start(),
         )
-    _queue_on_commit(run)
+    _queue_stored(run)
     return run
 
 
@@ -326,8 +326,8 @@ def _queue(run: Run) -> None:
     )
 
 
-def _queue_on_commit(run: Run) -> None:
-    queue_on_commit(
+def _queue_stored(run: Run) -> None:
+    queue_stored(
         lambda: _queue(run),
         what=f"run {run.public_id}",
         recovery=f"the sweeper queues it again after {QUEUE_GRACE.total_seconds():.0f} s",
@@ -335,9 +335,9 @@ def _queue_on_commit(run: Run) -> None:
 
 
 def enqueue_run(*, run: Run) -> None:
-    """Hand a queued background run to the workers again once the transaction commits."""
+    """Hand a queued background run to the workers again (afhost.queueing)."""
     run.mark_enqueued()
-    _queue_on_commit(run)
+    _queue_stored(run)
 
 
 def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:

@@ -1,9 +1,10 @@
 """Durable pushes of a run's answer to other channels (a run's ResponseTarget).
 
 When a run with pushes ends (`schedule_deliveries`, in the transaction that stores its end), one
-DeliveryTask per destination and phase is created and its id queued on commit. A worker claims a
-task with a conditional UPDATE under a lease (`push_delivery`), checks that the destination may
-still be reached (link, block, policy), pushes through the channel, and records the attempt:
+DeliveryTask per destination and phase is created and its id queued with it (afhost.queueing).
+A worker claims a task with a conditional UPDATE under a lease (`push_delivery`), checks that the
+destination may still be reached (link, block, policy), pushes through the channel, and records
+the attempt:
 sent; retried later with exponential backoff and jitter (network, 5xx, 429 as long as asked);
 or failed for good with a readable reason. A group that moved to a supergroup is followed.
 
@@ -37,7 +38,7 @@ from afhost.db import db_call
 from afhost.exceptions import PushError
 from afhost.leases import free, give_back, take_lease
 from afhost.models import Run
-from afhost.queueing import queue_on_commit
+from afhost.queueing import queue_stored
 from afhost.registry import pushing_channels
 from afhost.types import ACTIVE, ALL_LINKED, NONE, ORIGINATING
 from delivery.models import DeliveryAttempt, DeliveryTask
@@ -156,13 +157,13 @@ def schedule_deliveries(run: Run) -> list[DeliveryTask]:
 
 
 def enqueue(tasks: Iterable[DeliveryTask]) -> None:
-    """Queue the tasks' ids for the workers once the transaction commits."""
+    """Queue the tasks' ids for the workers, with the transaction that stores them."""
     ids = [task.pk for task in tasks]
-    _queue_on_commit(ids)
+    _queue_stored(ids)
 
 
-def _queue_on_commit(ids: list[int]) -> None:
-    queue_on_commit(
+def _queue_stored(ids: list[int]) -> None:
+    queue_stored(
         lambda: [_queue(pk) for pk in ids],
         what=f"{len(ids)} deliveries",
         recovery="the sweeper queues them again once they have been due for two leases",
@@ -419,7 +420,7 @@ def retry_deliveries(*, tasks: QuerySet[DeliveryTask]) -> int:
         max_attempts=F("attempts") + settings.DELIVERY_MAX_ATTEMPTS,
         updated_at=now,
     )
-    _queue_on_commit(chosen)
+    _queue_stored(chosen)
     return len(chosen)
 
 

@@ -65,6 +65,16 @@ def _forget_leases() -> Iterator[None]:
         keeper.forget(model, pk, owner)
 
 
+@pytest.fixture
+def on_redis(settings) -> None:
+    """Settings as with AFHOST_REDIS_URL (to a port nobody listens on): django-q2's queue is not
+    a table of the database."""
+    settings.Q_CLUSTER = {
+        **{name: value for name, value in settings.Q_CLUSTER.items() if name != "orm"},
+        "redis": {"host": "127.0.0.1", "port": 1},
+    }
+
+
 @pytest.fixture(scope="session")
 def fake_telegram() -> Iterator[FakeTelegramApi]:
     """A fake Telegram Bot API on loopback, shared by this process and the subprocesses."""

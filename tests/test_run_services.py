@@ -36,8 +36,31 @@ def queued_run(db, request_factory):
     return make
 
 
-def test_a_background_run_is_enqueued_only_after_commit(
+def _queued_call(run: Run):
+    return mock.call(
+        "afhost.tasks.execute_run",
+        run.pk,
+        q_options={"task_name": f"run-{run.public_id}", "group": "runs"},
+    )
+
+
+def test_on_the_database_broker_a_background_run_is_queued_in_its_transaction(
     db, request_factory, django_capture_on_commit_callbacks
+):
+    # when
+    with mock.patch("afhost.services.async_task", autospec=True) as async_task:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            run = services.queue_run(request=request_factory(background=True))
+            queued_before_commit = async_task.call_args_list.copy()
+
+    # then: the task row commits with the run, or neither does
+    assert run.status == Run.Status.QUEUED
+    assert queued_before_commit == [_queued_call(run)]
+    assert callbacks == []
+
+
+def test_on_redis_a_background_run_is_queued_only_after_commit(
+    db, on_redis, request_factory, django_capture_on_commit_callbacks
 ):
     # when
     with mock.patch("afhost.services.async_task", autospec=True) as async_task:
@@ -48,16 +71,11 @@ def test_a_background_run_is_enqueued_only_after_commit(
             callback()
 
     # then
-    assert run.status == Run.Status.QUEUED
-    async_task.assert_called_once_with(
-        "afhost.tasks.execute_run",
-        run.pk,
-        q_options={"task_name": f"run-{run.public_id}", "group": "runs"},
-    )
+    assert async_task.call_args_list == [_queued_call(run)]
 
 
 def test_a_broker_that_refuses_the_task_leaves_the_run_stored_for_the_sweeper(
-    db, request_factory, django_capture_on_commit_callbacks, caplog
+    db, on_redis, request_factory, django_capture_on_commit_callbacks, caplog
 ):
     # given
     refused = ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")

@@ -159,9 +159,9 @@ def test_an_unexpected_error_answers_json_with_a_log_line(telegram_inbox, telegr
 
 
 def test_an_update_whose_queueing_fails_is_acknowledged_and_answered_by_the_sweeper(
-    telegram_inbox, telegram_update, caplog
+    telegram_inbox, telegram_update, caplog, on_redis
 ):
-    # given
+    # given: Redis as the broker, down
     refused = ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     # when

@@ -18,7 +18,7 @@ from django_q.tasks import async_task
 
 from afhost.db import storable
 from afhost.models import Run
-from afhost.queueing import queue_on_commit
+from afhost.queueing import queue_stored
 from channels_app.telegram.models import TelegramChat, TelegramUpdate
 from linking.models import LinkChallenge
 
@@ -75,7 +75,7 @@ def _chat_of(payload: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def enqueue_chat(*, chat: TelegramChat) -> None:
-    queue_on_commit(
+    queue_stored(
         lambda: async_task(
             "channels_app.tasks.process_telegram_chat",
             chat.pk,
@@ -129,7 +129,6 @@ def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
                     unique_fields=["chat_id"],
                     update_fields=["kind", "title", "is_forum", "updated_at"],
                 )
-                enqueue_chat(chat=chat)
             update = TelegramUpdate.objects.create(
                 update_id=update_id,
                 payload=payload,
@@ -137,6 +136,8 @@ def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
                 status=TelegramUpdate.Status.PENDING if chat else TelegramUpdate.Status.IGNORED,
                 last_error="" if chat else "update without a chat: not handled",
             )
+            if chat is not None:
+                enqueue_chat(chat=chat)
     except IntegrityError:
         if not TelegramUpdate.objects.filter(update_id=update_id).exists():
             raise
