@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
+from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def queue_stored(queue: Callable[[], object], *, what: str, recovery: str) -> No
     def guarded() -> None:
         try:
             queue()
-        except Exception:
+        except (RedisError, OSError):
             logger.exception("queueing %s failed; it is stored, and %s", what, recovery)
 
     transaction.on_commit(guarded)

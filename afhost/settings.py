@@ -269,8 +269,17 @@ if AFHOST_REDIS_URL:
 
     # django-q2 makes a Redis client for each task it queues: with one connection pool per
     # process (redis-py's pools start afresh after a fork) they do not each open a connection.
-    # Only one broker may be set: django-q2 takes "orm" over "redis".
-    _BROKER = {"redis": {"connection_pool": redis.ConnectionPool.from_url(AFHOST_REDIS_URL)}}
+    # Only one broker may be set: django-q2 takes "orm" over "redis". A Redis that does not
+    # answer fails a queueing within seconds (the sweepers recover its rows) instead of holding
+    # the request for the system's TCP timeouts; the socket timeout stays above django-q2's 1 s
+    # BLPOP. Options in the URL's query (?socket_timeout=...) take precedence.
+    _BROKER = {
+        "redis": {
+            "connection_pool": redis.ConnectionPool.from_url(
+                AFHOST_REDIS_URL, socket_connect_timeout=2, socket_timeout=5
+            )
+        }
+    }
 Q_CLUSTER = {
     "name": "afhost",
     **_BROKER,

@@ -9,11 +9,12 @@ Pushes are scheduled as production schedules them: completed runs whose response
 a Telegram chat (`telegram:<chat id>`, one chat per run) are stored before the clock starts;
 then a scheduler process (this file, `--child schedule`, with a worker process's database
 settings) calls `delivery.services.schedule_deliveries(run)` for each, as the finishing
-transaction does: the DeliveryTask row, then its id queued on commit (`enqueue` -> django-q2's
-`async_task`). Two ways, `--pushes` (2,000) each:
+transaction does: the DeliveryTask row and its id queued with it (`enqueue` -> django-q2's
+`async_task`: the queue row in the same transaction on this, the database, broker). Two ways,
+`--pushes` (2,000) each:
 
 - steady: one run per transaction, at `--rate` (200) runs a second;
-- burst: all the runs in one transaction, so all the ids are queued at once on commit.
+- burst: all the runs in one transaction, so all the ids reach the workers at once, on commit.
 
 Each is run with every send accepted, then with `--fail-share` (10 %) of the chats answering
 their first sendMessage with a 500 (retried after DELIVERY_BACKOFF = `--backoff`, 0.2 s).
@@ -157,7 +158,7 @@ def child_schedule(spec: dict) -> dict:
             for run in runs:
                 schedule_deliveries(run)
             committing = time.time()
-        committed = committing  # the on_commit callbacks (the enqueues) ran after this
+        committed = committing  # the commit itself (with every queue row) took the rest
     else:
         interval = 1.0 / spec["rate"]
         clock = time.perf_counter()

@@ -48,6 +48,9 @@ def test_a_redis_url_makes_redis_the_broker(monkeypatch):
         "port": 6379,
         "db": 5,
     }
+    # a Redis that does not answer fails a queueing in seconds, not after TCP's timeouts
+    assert pool.connection_kwargs["socket_connect_timeout"] == 2
+    assert pool.connection_kwargs["socket_timeout"] == 5
 
 
 def test_a_redis_url_that_is_not_one_is_refused(monkeypatch):
@@ -140,7 +143,7 @@ def test_a_task_lost_with_its_worker_is_queued_again_by_the_sweeper(
     assert len(telegram_api.sent_texts(1111111)) == 1
 
 
-def test_a_server_whose_redis_is_down_still_accepts_and_nothing_is_lost(
+def test_a_server_whose_redis_is_down_accepts_and_the_sweeper_answers_the_chat(
     redis_queue,
     live_server_factory,
     live_db,

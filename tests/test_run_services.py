@@ -45,8 +45,14 @@ def _queued_call(run: Run):
 
 
 def test_on_the_database_broker_a_background_run_is_queued_in_its_transaction(
-    db, request_factory, django_capture_on_commit_callbacks
+    db, request_factory, django_capture_on_commit_callbacks, settings
 ):
+    # given
+    settings.Q_CLUSTER = {
+        **{name: value for name, value in settings.Q_CLUSTER.items() if name != "redis"},
+        "orm": "default",
+    }
+
     # when
     with mock.patch("afhost.services.async_task", autospec=True) as async_task:
         with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -86,12 +92,14 @@ def test_a_broker_that_refuses_the_task_leaves_the_run_stored_for_the_sweeper(
             run = services.queue_run(request=request_factory(background=True))
         Run.objects.filter(pk=run.pk).update(enqueued_at=timezone.now() - timedelta(minutes=3))
         async_task.side_effect = None
-        requeued, _ = services.sweep_runs()
+        with django_capture_on_commit_callbacks(execute=True):
+            requeued, _ = services.sweep_runs()
 
     # then
     run.refresh_from_db()
     assert run.status == Run.Status.QUEUED
     assert requeued == 1
+    assert async_task.call_args_list[-1] == _queued_call(run)
     record = next(r for r in caplog.records if r.name == "afhost.queueing")
     assert record.levelname == "ERROR"
     assert record.exc_info[1] is refused

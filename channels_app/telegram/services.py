@@ -99,8 +99,9 @@ def confirm_link(*, challenge: LinkChallenge, **kwargs: Any) -> None:
 def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
     """Store an update in the inbox and queue its chat; None for a duplicate update_id.
 
-    Four statements, as every update comes here: the chat upserted, the update inserted (a
-    duplicate's insert fails on update_id, Telegram resending one we have).
+    In one transaction, as every update comes here: the chat upserted, the update inserted (a
+    duplicate's insert fails on update_id, Telegram resending one we have), and, on the database
+    broker, the chat's task.
     """
     update_id = payload.get("update_id")
     if not _is_integer(update_id):
