@@ -9,6 +9,7 @@ unreachable endpoint is a warning for the operator, never a reason not to start.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from django.conf import settings
 from django.core.checks import Error, Warning, register
@@ -19,6 +20,9 @@ from afhost.targets import MODEL_PRESETS, TargetLoadError, get_target
 logger = logging.getLogger(__name__)
 
 MISSING_SECRET_KEY = "SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off."  # noqa: S105
+# Storing runs and Telegram chats reads the new rows' ids back from INSERT ... RETURNING (with ON
+# CONFLICT too), which SQLite has from 3.35; Django itself accepts 3.31.
+SQLITE_MINIMUM = (3, 35)
 
 
 def require_runtime_settings() -> None:
@@ -42,6 +46,21 @@ def check_secret_key(app_configs, **kwargs) -> list[Error]:
     except ImproperlyConfigured:
         return [Error(MISSING_SECRET_KEY, hint="See .env.example.", id="afhost.E002")]
     return []
+
+
+@register()
+def check_sqlite_version(app_configs, **kwargs) -> list[Error]:
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+        return []
+    if sqlite3.sqlite_version_info >= SQLITE_MINIMUM:
+        return []
+    return [
+        Error(
+            f"SQLite {sqlite3.sqlite_version} is too old: afhost needs 3.35 or newer.",
+            hint="Use a Python built with a newer SQLite, or PostgreSQL (DATABASE_URL).",
+            id="afhost.E003",
+        )
+    ]
 
 
 @register()

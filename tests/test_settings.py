@@ -3,8 +3,10 @@ import subprocess
 import sys
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from afhost import checks
 from afhost.env import env_bool, env_int, env_list, env_secret
 
 
@@ -84,3 +86,24 @@ def test_debug_processes_share_one_development_secret_key():
     assert [result.returncode for result in keys] == [0, 0]
     assert keys[0].stdout == keys[1].stdout
     assert len(keys[0].stdout.strip()) > 40
+
+
+def test_a_sqlite_too_old_for_returning_is_reported(monkeypatch):
+    # given
+    monkeypatch.setitem(settings.DATABASES["default"], "ENGINE", "django.db.backends.sqlite3")
+    monkeypatch.setattr(checks.sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(checks.sqlite3, "sqlite_version", "3.34.1")
+
+    # when
+    errors = checks.check_sqlite_version(None)
+
+    # then
+    assert [error.id for error in errors] == ["afhost.E003"]
+    assert "SQLite 3.34.1 is too old" in errors[0].msg
+
+
+@pytest.mark.parametrize("engine", ["django.db.backends.sqlite3", "django.db.backends.postgresql"])
+def test_a_current_sqlite_or_postgresql_passes_the_check(monkeypatch, engine):
+    monkeypatch.setitem(settings.DATABASES["default"], "ENGINE", engine)
+
+    assert checks.check_sqlite_version(None) == []
