@@ -1,15 +1,18 @@
 """Answering updates: updates are posted to the real webhook, chat tasks run in process, and the
 fake Bot API on loopback records what Telegram would have received."""
 
+import asyncio
 from datetime import timedelta
 from unittest import mock
 
+import httpx
 import pytest
 from agent_framework import Message
 from django.utils import timezone
 
 from afhost.models import Conversation, Run
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
+from channels_app.telegram.processing import make_bot
 from linking.models import Identity
 
 PRIVATE = 1111111
@@ -512,3 +515,35 @@ def test_a_turn_whose_workers_keep_dying_is_answered_with_a_failure_in_the_end(
     # then: visibly failed, and the person told so, once
     assert Run.objects.get().status == "failed"
     assert telegram_api.sent_texts(PRIVATE) == ["Sorry, I could not answer that. Please try again."]
+
+
+def test_a_busy_bot_hands_httpx_no_more_calls_than_it_has_connections(telegram_api):
+    # given: two connections, a Bot API that answers 0.2 s after each call, and httpx watched
+    telegram_api.set_latency(0.2, method="sendChatAction")
+    in_httpx, peak = 0, 0
+    send = httpx.AsyncClient.request
+
+    async def watched(self, *args, **kwargs):
+        nonlocal in_httpx, peak
+        in_httpx += 1
+        peak = max(peak, in_httpx)
+        try:
+            return await send(self, *args, **kwargs)
+        finally:
+            in_httpx -= 1
+
+    async def six_calls_at_once() -> list:
+        async with make_bot(connections=2) as bot:
+            calls = (bot.send_chat_action(PRIVATE, "typing") for _ in range(6))
+            return await asyncio.gather(*calls)
+
+    # when
+    try:
+        with mock.patch.object(httpx.AsyncClient, "request", watched):
+            results = asyncio.run(six_calls_at_once())
+    finally:
+        telegram_api.set_latency(0, method="sendChatAction")
+
+    # then: the others waited outside httpx's pool, whose bookkeeping grows with its queue
+    assert results == [True] * 6
+    assert peak == 2

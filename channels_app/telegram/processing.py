@@ -11,6 +11,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import certifi
 from agent_framework import Content, Message
@@ -109,9 +110,24 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+class GatedRequest(HTTPXRequest):
+    """python-telegram-bot's HTTPX requests, at most as many in flight as the pool has
+    connections. The others wait here, where waiting costs nothing: in httpx's pool every waiting
+    request is looked at again, with every connection, whenever a request is queued or a
+    connection freed (CPU that grows with the queue), and gives up after the pool timeout."""
+
+    def __init__(self, *, connection_pool_size: int, **kwargs: Any) -> None:
+        super().__init__(connection_pool_size=connection_pool_size, **kwargs)
+        self._gate = asyncio.Semaphore(connection_pool_size)
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        async with self._gate:
+            return await super().do_request(*args, **kwargs)
+
+
 def make_bot(*, connections: int = 4) -> Bot:
     def http(pool_size: int) -> HTTPXRequest:
-        return HTTPXRequest(connection_pool_size=pool_size, httpx_kwargs={"verify": _tls_context()})
+        return GatedRequest(connection_pool_size=pool_size, httpx_kwargs={"verify": _tls_context()})
 
     return Bot(
         settings.TELEGRAM_BOT_TOKEN,

@@ -8,9 +8,7 @@ its own (at most once), as when a worker dies mid-push.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import weakref
 from datetime import timedelta
 
 import httpx
@@ -29,24 +27,10 @@ from telegram.error import (
 
 from afhost.exceptions import PushError
 from afhost.registry import PushProgress
-from channels_app.telegram.processing import ENGINE_BOT_CONNECTIONS, NO_PREVIEW, job_bot
+from channels_app.telegram.processing import NO_PREVIEW, job_bot
 from channels_app.telegram.rendering import OutgoingText, render_reply
 
 logger = logging.getLogger(__name__)
-
-
-# Sends in flight at once per event loop: as many as the engine bot has connections. More would
-# wait inside httpx's pool, whose bookkeeping costs CPU for every waiting request.
-_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _slot() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    if loop not in _slots:
-        _slots[loop] = asyncio.Semaphore(ENGINE_BOT_CONNECTIONS)
-    return _slots[loop]
 
 
 def _seconds(value: int | timedelta) -> float:
@@ -73,8 +57,7 @@ async def push(locator: dict, text: str, *, progress: PushProgress) -> None:
         parts = render_reply(text)
         try:
             for index in range(progress.sent_parts, len(parts)):
-                async with _slot():
-                    await _send(bot, locator, parts[index])
+                await _send(bot, locator, parts[index])
                 await progress.part_sent(last=index == len(parts) - 1)
         except RetryAfter as exc:
             wait = _seconds(exc.retry_after)
