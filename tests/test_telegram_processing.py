@@ -114,6 +114,28 @@ def test_a_group_mention_is_answered_in_reply_without_the_mention(
     assert TelegramChatMember.objects.get().identity.native_id == str(PRIVATE)
 
 
+def test_an_answer_follows_a_group_that_became_a_supergroup(
+    telegram_inbox, telegram_api, telegram_update
+):
+    # given
+    telegram_api.fail_next(
+        "sendMessage",
+        400,
+        "Bad Request: group chat was upgraded to a supergroup chat",
+        parameters={"migrate_to_chat_id": -1009876},
+    )
+
+    # when
+    telegram_inbox.deliver(telegram_update("group_mention"))
+
+    # then: answered in the supergroup, not as a reply (its message ids are its own)
+    assert _sent(telegram_api, GROUP) == []
+    [call] = _sent(telegram_api, -1009876)
+    assert "what is the status?" in call.params["text"]
+    assert "reply_parameters" not in call.params
+    assert TelegramUpdate.objects.get().status == "processed"
+
+
 @pytest.mark.parametrize(
     ("fixture", "accept", "answered"),
     [

@@ -22,7 +22,14 @@ from django.utils import timezone
 from telegram import Bot, LinkPreviewOptions, ReplyParameters, Update
 from telegram import Message as TgMessage
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
 from telegram.request import HTTPXRequest
 
 from afhost import execution, services
@@ -531,7 +538,14 @@ async def _send_reply(
     for index, part in enumerate(parts):
         if index < update.sent_parts:
             continue
-        await _send_part(bot, target, part, first=index == 0, previews=previews)
+        try:
+            await _send_part(bot, target, part, first=index == 0, previews=previews)
+        except ChatMigrated as exc:
+            # The group became a supergroup (a chat of its own, whose message ids differ from
+            # the group's): the answer goes there, this part and the rest.
+            logger.info("chat %s moved to %s: answering there", target.chat_id, exc.new_chat_id)
+            target = ReplyTarget(exc.new_chat_id, None, None)
+            await _send_part(bot, target, part, first=False, previews=previews)
         update.sent_parts = index + 1
         if update.sent_parts < len(parts):
             await db_call(TelegramUpdate.objects.filter(pk=update.pk).update)(
