@@ -114,6 +114,27 @@ def test_a_group_mention_is_answered_in_reply_without_the_mention(
     assert TelegramChatMember.objects.get().identity.native_id == str(PRIVATE)
 
 
+def test_turns_and_commands_are_each_counted_once_in_the_chat_members(
+    telegram_inbox, telegram_update
+):
+    # when
+    telegram_inbox.deliver(
+        telegram_update("private_text", text="hello"),
+        telegram_update(
+            "start_command",
+            text="/help",
+            entities=[{"type": "bot_command", "offset": 0, "length": 5}],
+        ),
+        telegram_update("private_text", text="again"),
+    )
+
+    # then
+    member = TelegramChatMember.objects.get()
+    assert member.message_count == 3
+    assert TelegramUpdate.objects.filter(counted_at__isnull=True).exists() is False
+    assert Run.objects.count() == 2
+
+
 def test_an_answer_follows_a_group_that_became_a_supergroup(
     telegram_inbox, telegram_api, telegram_update
 ):

@@ -224,26 +224,32 @@ def _author(message: TgMessage) -> ChannelIdentity:
     return ChannelIdentity(channel=CHANNEL, native_id=str(message.from_user.id))
 
 
-@transaction.atomic
-def _record_member(chat: TelegramChat, identity: Identity, update: TelegramUpdate) -> None:
+def _count_member(chat: TelegramChat, identity: Identity) -> None:
+    """Count a message of `identity` in the chat's members; the chat is reachable again."""
     now = timezone.now()
-    # Every attempt at an update comes here; its message is counted on the first one.
-    if update.mark_counted():
-        counted = TelegramChatMember.objects.filter(chat=chat, identity=identity).update(
-            message_count=F("message_count") + 1, last_message_at=now, updated_at=now
+    counted = TelegramChatMember.objects.filter(chat=chat, identity=identity).update(
+        message_count=F("message_count") + 1, last_message_at=now, updated_at=now
+    )
+    if not counted:  # their first message here
+        member, created = TelegramChatMember.objects.get_or_create(
+            chat=chat, identity=identity, defaults={"message_count": 1, "last_message_at": now}
         )
-        if not counted:  # their first message here
-            member, created = TelegramChatMember.objects.get_or_create(
-                chat=chat, identity=identity, defaults={"message_count": 1, "last_message_at": now}
+        if not created:  # a message in another worker got there first
+            TelegramChatMember.objects.filter(pk=member.pk).update(
+                message_count=F("message_count") + 1, last_message_at=now, updated_at=now
             )
-            if not created:  # a message in another worker got there first
-                TelegramChatMember.objects.filter(pk=member.pk).update(
-                    message_count=F("message_count") + 1, last_message_at=now, updated_at=now
-                )
     if chat.blocked_at:
         TelegramChat.objects.filter(pk=chat.pk).update(
             blocked_at=None, blocked_reason="", updated_at=now
         )
+
+
+@transaction.atomic
+def _record_member(chat: TelegramChat, identity: Identity, update: TelegramUpdate) -> None:
+    """Count a message that starts no agent turn (a command, a refusal), on its first attempt.
+    A turn's message is counted with its run, in the transaction that stores it (_link_run)."""
+    if update.mark_counted():
+        _count_member(chat, identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +281,8 @@ def _take_in(
         identity, outcome = turns.identify(_author(message), profile=profile), None
     else:
         identity, outcome = turns.admit(_author(message), profile=profile, policy=policy)
-    _record_member(chat, identity, update)
+    if not isinstance(outcome, linking.Allowed):
+        _record_member(chat, identity, update)
     return Intake(plan, listening, identity, outcome)
 
 
@@ -342,35 +349,39 @@ class TurnInterrupted(Exception):
     """An earlier attempt's run is still held (its worker's lease has not run out yet)."""
 
 
-def _link_run(update: TelegramUpdate) -> Callable[[Run], None]:
+def _link_run(update: TelegramUpdate, identity: Identity) -> Callable[[Run], None]:
+    """Link the run to its update, in the transaction that stores the run, and count the
+    message in the chat's members with it (unless an earlier attempt did)."""
+
     def link(run: Run) -> None:
-        TelegramUpdate.objects.filter(pk=update.pk).update(run=run, updated_at=timezone.now())
+        now = timezone.now()
+        fields = {"run": run, "updated_at": now}
+        if update.counted_at is None:  # read under the chat's lease
+            _count_member(update.chat, identity)
+            fields["counted_at"] = now
+        TelegramUpdate.objects.filter(pk=update.pk).update(**fields)
         update.run = run
+        update.counted_at = update.counted_at or now
 
     return link
 
 
 async def _answer_with_agent(
-    bot: Bot,
-    update: TelegramUpdate,
-    message: TgMessage,
-    turn: AgentTurn,
-    target: ReplyTarget,
-    listening: Listening,
+    bot: Bot, update: TelegramUpdate, message: TgMessage, intake: Intake, target: ReplyTarget
 ) -> str | None:
     run = None if update.run_id is None else await db_call(lambda: update.run)()
     if run is None:
         media, note = await _media(bot, message)
-        text = " ".join(part for part in (turn.text, note) if part)
+        text = " ".join(part for part in (intake.plan.text, note) if part)
         if not text and not media:
             return None
-        identity = _author(message)
+        author = _author(message)
         partition, key = conversation_of(
-            message, user_key=identity.isolation_key, scope=listening.conversation_scope
+            message, user_key=author.isolation_key, scope=intake.listening.conversation_scope
         )
         request = ChannelRequest(
             channel=CHANNEL,
-            identity=identity,
+            identity=author,
             input=[Message("user", [*([Content.from_text(text)] if text else []), *media])],
             conversation_key=key,
             partition_key=partition,
@@ -380,7 +391,7 @@ async def _answer_with_agent(
                 "update_id": update.update_id,
             },
         )
-        started = await turns.start_stored_turn(request, link=_link_run(update))
+        started = await turns.start_stored_turn(request, link=_link_run(update, intake.identity))
     elif run.is_terminal:
         return _reply_text(run)
     else:  # an earlier attempt's worker died mid-run: run it again, counting that attempt
@@ -582,7 +593,7 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
     elif not isinstance(outcome, linking.Allowed):
         text, note = _refusal(outcome, message), f"refused: {outcome.reason}"
     else:
-        text = await _answer_with_agent(bot, update, message, plan, target, intake.listening)
+        text = await _answer_with_agent(bot, update, message, intake, target)
         if text is None:
             return TelegramUpdate.Status.IGNORED, "no text or media to answer"
     try:
