@@ -3,10 +3,12 @@ turns a decision into Allowed, LinkRequired or Denied (failing closed)."""
 
 import io
 import itertools
+from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from afhost.types import ChannelIdentity
 from linking import rules, services
 from linking.models import (
     Allowlist,
@@ -228,3 +230,42 @@ def test_link_identity_prints_a_link_an_operator_can_send(entra, settings, db):
 def test_link_identity_refuses_while_linking_is_off(db):
     with pytest.raises(CommandError, match="Linking is off"):
         call_command("link_identity", "telegram", "42", stdout=io.StringIO())
+
+
+def _touch(**profile):
+    who = ChannelIdentity(channel="telegram", native_id="42")
+    return services.touch_identity(identity=who, **{"display_name": "Ada", **profile})
+
+
+def test_an_identity_writing_often_is_written_once_a_minute(db, django_assert_num_queries):
+    # given
+    first = _touch()
+
+    # when
+    with django_assert_num_queries(1):
+        again = _touch()
+    Identity.objects.update(last_seen_at=first.last_seen_at - timedelta(seconds=61))
+    later = _touch()
+
+    # then
+    assert again.last_seen_at == first.last_seen_at
+    assert later.last_seen_at > first.last_seen_at
+    assert Identity.objects.get().last_seen_at == later.last_seen_at
+
+
+def test_a_new_name_or_reachability_is_written_at_once(db):
+    # given
+    first = _touch()
+    Identity.objects.update(unreachable_at=first.last_seen_at, unreachable_reason="blocked")
+
+    # when
+    renamed = _touch(display_name="Ada L.")
+
+    # then
+    stored = Identity.objects.get()
+    assert (stored.display_name, stored.unreachable_at, stored.unreachable_reason) == (
+        "Ada L.",
+        None,
+        "",
+    )
+    assert renamed.display_name == "Ada L."
