@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
-from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +27,8 @@ def queue_stored(queue: Callable[[], object], *, what: str, recovery: str) -> No
     if "orm" in settings.Q_CLUSTER:
         queue()
         return
+    # Only here: redis-py costs a process ~20 MiB, and the database broker does without it.
+    from redis.exceptions import RedisError
 
     def guarded() -> None:
         try:
