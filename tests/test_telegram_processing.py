@@ -19,6 +19,12 @@ PRIVATE = 1111111
 GROUP = -1001234567890
 
 
+def _command(telegram_update, command: str) -> dict:
+    """A private chat's update holding `command` (e.g. "/help")."""
+    entities = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+    return telegram_update("start_command", text=command, entities=entities)
+
+
 def _sent(api, chat_id=None):
     return [
         call
@@ -56,11 +62,7 @@ def test_the_agent_remembers_a_private_conversation_until_new(
     telegram_inbox.deliver(
         telegram_update("private_text", text="my name is Ada"),
         telegram_update("private_text", text="who am I?"),
-        telegram_update(
-            "start_command",
-            text="/new",
-            entities=[{"type": "bot_command", "offset": 0, "length": 4}],
-        ),
+        _command(telegram_update, "/new"),
         telegram_update("private_text", text="and now?"),
     )
 
@@ -86,13 +88,8 @@ def test_the_agent_remembers_a_private_conversation_until_new(
 def test_commands_are_answered_without_the_agent(
     telegram_inbox, telegram_api, telegram_update, command, expected
 ):
-    # given
-    payload = telegram_update("start_command")
-    payload["message"]["text"] = command
-    payload["message"]["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
-
     # when
-    telegram_inbox.deliver(payload)
+    telegram_inbox.deliver(_command(telegram_update, command))
 
     # then
     [text] = telegram_api.sent_texts(PRIVATE)
@@ -120,11 +117,7 @@ def test_turns_and_commands_are_each_counted_once_in_the_chat_members(
     # when
     telegram_inbox.deliver(
         telegram_update("private_text", text="hello"),
-        telegram_update(
-            "start_command",
-            text="/help",
-            entities=[{"type": "bot_command", "offset": 0, "length": 5}],
-        ),
+        _command(telegram_update, "/help"),
         telegram_update("private_text", text="again"),
     )
 
