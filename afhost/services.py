@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from agent_framework import Message
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -103,13 +103,20 @@ def _continuation(request: ChannelRequest) -> _Continuation:
         "isolation_key": request.isolation_key,
         "key": request.conversation_key,
     }
-    conversation = Conversation.objects.filter(**lookup).first()
+    conversation = _with_head(Conversation.objects.filter(**lookup)).first()
     if conversation is None:
         try:
             return _new_conversation(**lookup)
         except IntegrityError:  # another turn began it meanwhile, and holds it or held it
-            conversation = Conversation.objects.get(**lookup)
+            conversation = _with_head(Conversation.objects.filter(**lookup)).get()
     return _lease_conversation(conversation)
+
+
+def _with_head(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
+    """Conversations read with their head run's id as a Run (its messages are read with the
+    history, within its budget)."""
+    fields = [field.name for field in Conversation._meta.concrete_fields]
+    return conversations.select_related("head_run").only(*fields, "head_run__id")
 
 
 def _new_conversation(**lookup: str) -> _Continuation:
@@ -131,13 +138,15 @@ def _conversation(channel: str, isolation_key: str, key: str) -> Conversation:
 
 
 def _lease_conversation(conversation: Conversation) -> _Continuation:
-    lease = take_lease(Conversation, conversation.pk)
+    """Lease the conversation if its head is still the one read: a turn that moved it since
+    held the lease then, and a turn that finds it busy waits or is refused as usual."""
+    lease = take_lease(Conversation, conversation.pk, where=Q(head_run_id=conversation.head_run_id))
     if not lease:
         raise ConversationBusy("another turn is in this conversation", param="conversation")
-    # Read under the lease: the head the previous turn left (its id; its messages are read with
-    # the history, within its budget).
-    head = Conversation.objects.filter(pk=conversation.pk).values("head_run_id")
-    previous = Run.objects.only("pk").filter(pk=Subquery(head)).first()
+    if Conversation.head_run.is_cached(conversation) or conversation.head_run_id is None:
+        previous = conversation.head_run
+    else:  # read with its run: the head's id, current as the lease says
+        previous = Run.objects.only("pk").filter(pk=conversation.head_run_id).first()
     return _Continuation(previous=previous, conversation=conversation, lease=lease)
 
 

@@ -361,6 +361,31 @@ def test_a_conversation_begun_by_another_turn_meanwhile_is_found_busy(request_fa
     assert Run.objects.count() == 1
 
 
+def test_a_turn_never_continues_from_a_head_another_turn_moved_after_it_looked(request_factory, db):
+    # given: a first turn holds the conversation; ours reads it, then the first ends
+    first = services.start_run(request=request_factory("one", conversation_key="c1"))
+    real_take_lease = services.take_lease
+
+    def first_ends_meanwhile(model, pk, **kwargs):
+        if model is Conversation:
+            services.finish_run(
+                started=first,
+                result=HostedRunResult(status="completed", messages=[Message("assistant", ["1"])]),
+                output_items=[],
+            )
+        return real_take_lease(model, pk, **kwargs)
+
+    # when: our lease finds the head moved since our look (the first turn held it then)
+    with mock.patch.object(services, "take_lease", first_ends_meanwhile):
+        with pytest.raises(ConversationBusy):
+            services.prepare_run(request=request_factory("two", conversation_key="c1"))
+    second = services.prepare_run(request=request_factory("two", conversation_key="c1"))
+
+    # then: the next look continues from the new head
+    assert [m.text for m in second.messages] == ["one", "1", "two"]
+    assert second.run.previous_run == first.run
+
+
 def test_the_next_turn_in_a_conversation_sees_every_turn_before_it(request_factory, db):
     # given
     first = services.start_run(request=request_factory("one", conversation_key="c1"))
