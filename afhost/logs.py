@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from urllib.parse import quote
 
 from django.conf import settings
@@ -68,3 +69,15 @@ class RedactSecrets(logging.Filter):
         if record.stack_info:
             record.stack_info = redact(record.stack_info, secrets)
         return True
+
+
+class QueueTaskChatter(logging.Filter):
+    """Drop django-q2's INFO lines about single tasks: queued (in the web process), processing
+    and processed (in the worker), three lines for every message or run, which the rows and the
+    admin tell better. Its cluster's start, stop and recycling stay, as does a failed task (an
+    ERROR)."""
+
+    PER_TASK = re.compile(r"Enqueued \[|Processed '|\S+ processing ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not self.PER_TASK.match(record.getMessage())

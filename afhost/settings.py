@@ -200,7 +200,10 @@ AFHOST_BODY_TIMEOUT = env_float("AFHOST_BODY_TIMEOUT", 30, minimum=0.1)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact_secrets": {"()": "afhost.logs.RedactSecrets"}},
+    "filters": {
+        "redact_secrets": {"()": "afhost.logs.RedactSecrets"},
+        "queue_task_chatter": {"()": "afhost.logs.QueueTaskChatter"},
+    },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {
         "console": {
@@ -222,6 +225,8 @@ LOGGING = {
         # The openai SDK's HTTP client (a model target's every call).
         "httpx2": {"level": "WARNING"},
         "httpcore2": {"level": "WARNING"},
+        # Three lines a task (queued, processing, processed) are noise; the cluster's own stay.
+        "django-q": {"filters": ["queue_task_chatter"]},
     },
 }
 

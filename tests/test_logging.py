@@ -130,3 +130,22 @@ def test_the_entra_client_secret_is_redacted(entra):
 
     assert settings.ENTRA_CLIENT_SECRET not in output.getvalue()
     assert "client_secret=[REDACTED]" in output.getvalue()
+
+
+def test_the_task_queue_logs_its_cluster_not_every_task(caplog):
+    # given: what django-q2 logs for a task's life, and for its cluster's
+    logger = logging.getLogger("django-q")
+
+    # when
+    with caplog.at_level(logging.INFO):
+        logger.info("Enqueued [afhost] 12")
+        logger.info("Process-1:1 processing bravo-two 'channels_app.tasks.process_telegram_chat'")
+        logger.info("Processed 'channels_app.tasks.process_telegram_chat' (bravo-two)")
+        logger.info("Q Cluster afhost starting.")
+        logger.error("Failed 'afhost.tasks.execute_run' (bravo-three) - boom")
+
+    # then
+    assert [record.getMessage() for record in caplog.records] == [
+        "Q Cluster afhost starting.",
+        "Failed 'afhost.tasks.execute_run' (bravo-three) - boom",
+    ]
