@@ -112,11 +112,13 @@ def _continuation(request: ChannelRequest) -> _Continuation:
     return _lease_conversation(conversation)
 
 
+_CONVERSATION_FIELDS = tuple(field.name for field in Conversation._meta.concrete_fields)
+
+
 def _with_head(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
     """Conversations read with their head run's id as a Run (its messages are read with the
     history, within its budget)."""
-    fields = [field.name for field in Conversation._meta.concrete_fields]
-    return conversations.select_related("head_run").only(*fields, "head_run__id")
+    return conversations.select_related("head_run").only(*_CONVERSATION_FIELDS, "head_run__id")
 
 
 def _new_conversation(**lookup: str) -> _Continuation:

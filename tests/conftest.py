@@ -339,17 +339,22 @@ def raw_api_key(live_db, api_key_factory) -> str:
     return api_key_factory()[1]
 
 
+def sdk_client(url: str, api_key: str, **headers: str) -> OpenAI:
+    """The official openai SDK against the server at `url`, strict about every payload."""
+    return OpenAI(
+        base_url=f"{url}/v1",
+        api_key=api_key,
+        max_retries=0,
+        timeout=30,
+        default_headers=headers or None,
+        _strict_response_validation=True,
+    )
+
+
 @pytest.fixture
 def openai_client_factory(live_server_url) -> Callable[..., OpenAI]:
     def make(api_key: str, **headers: str) -> OpenAI:
-        return OpenAI(
-            base_url=f"{live_server_url}/v1",
-            api_key=api_key,
-            max_retries=0,
-            timeout=30,
-            default_headers=headers or None,
-            _strict_response_validation=True,
-        )
+        return sdk_client(live_server_url, api_key, **headers)
 
     return make
 

@@ -22,7 +22,7 @@ from channels_app.exceptions import ApiError
 from linking import tokens
 from linking.models import Allowlist, AllowlistEntry, ChannelPolicy, Identity, LinkGrant
 from linking.services import person_of
-from tests.conftest import entra_env
+from tests.conftest import entra_env, sdk_client
 from tests.fakes.oidc import new_key
 
 
@@ -355,16 +355,7 @@ def test_the_openai_sdk_calls_with_a_token_as_its_api_key(fake_entra, live_serve
     # given: a server with linking on, and an SDK client per person
     url = live_server_factory(**entra_env(fake_entra))
 
-    def sdk(token):
-        return openai.OpenAI(
-            base_url=f"{url}/v1",
-            api_key=token,
-            max_retries=0,
-            timeout=30,
-            _strict_response_validation=True,
-        )
-
-    alice, bob = sdk(fake_entra.mint("alice")), sdk(fake_entra.mint("bob"))
+    alice, bob = (sdk_client(url, fake_entra.mint(name)) for name in ("alice", "bob"))
 
     # when
     created = alice.responses.create(model="demo", input="hello there")
@@ -383,5 +374,5 @@ def test_the_openai_sdk_calls_with_a_token_as_its_api_key(fake_entra, live_serve
 
     # and the gate refuses an expired token before reading the body
     with pytest.raises(openai.AuthenticationError) as error:
-        sdk(_expired(fake_entra)).responses.create(model="demo", input="hi")
+        sdk_client(url, _expired(fake_entra)).responses.create(model="demo", input="hi")
     assert error.value.code == "invalid_token"

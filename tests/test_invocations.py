@@ -334,6 +334,16 @@ def test_an_invocation_is_reached_through_djangos_test_client_with_the_security_
 # --- /invocations_ws --------------------------------------------------------------------------
 
 
+def _block_the_key() -> None:
+    """An operator blocks the identity of the test's (only) API key."""
+    api_key = ApiKey.objects.get()
+    Identity.objects.create(
+        channel="api",
+        native_id=f"key.{api_key.public_id}",
+        isolation_key=f"api:key.{api_key.public_id}",
+    ).block(by="an operator")
+
+
 def _ws_url(base_url, path="/invocations_ws"):
     return base_url.replace("http://", "ws://") + path
 
@@ -432,12 +442,7 @@ def test_a_websocket_client_that_leaves_mid_turn_cancels_it(live_server_url, raw
 
 
 def test_a_websocket_of_a_caller_linking_refuses_is_closed_with_4403(live_server_url, raw_api_key):
-    api_key = ApiKey.objects.get()
-    Identity.objects.create(
-        channel="api",
-        native_id=f"key.{api_key.public_id}",
-        isolation_key=f"api:key.{api_key.public_id}",
-    ).block(by="an operator")
+    _block_the_key()
 
     async def connect():
         async with _ws_session(live_server_url, raw_api_key) as ws:
@@ -617,12 +622,7 @@ def test_a_session_busy_for_longer_than_a_turn_may_take_is_a_409(
 
 
 def test_a_caller_linking_refuses_is_refused_on_invocations_too(invoke, raw_api_key):
-    api_key = ApiKey.objects.get()
-    Identity.objects.create(
-        channel="api",
-        native_id=f"key.{api_key.public_id}",
-        isolation_key=f"api:key.{api_key.public_id}",
-    ).block(by="an operator")
+    _block_the_key()
 
     response = invoke({"message": "hi"})
 

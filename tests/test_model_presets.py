@@ -22,7 +22,6 @@ import pytest
 from agent_framework import Message
 from agent_framework.exceptions import ChatClientException
 from django.conf import settings
-from openai import OpenAI
 
 from afhost import checks
 from afhost.model_presets import ModelAgent, explain_model_failure
@@ -30,6 +29,7 @@ from afhost.models import Run
 from afhost.targets import TargetLoadError, get_target, load_target
 from channels_app.telegram.models import TelegramUpdate
 from channels_app.telegram.processing import FAILED_ANSWER
+from tests.conftest import sdk_client
 from tests.fakes.openai_api import FakeOpenAIApi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,16 +85,6 @@ def use_model(settings, openai_api) -> Iterator:
     get_target.cache_clear()
     yield configure
     get_target.cache_clear()
-
-
-def _sdk(url: str, raw_api_key: str) -> OpenAI:
-    return OpenAI(
-        base_url=f"{url}/v1",
-        api_key=raw_api_key,
-        max_retries=0,
-        timeout=30,
-        _strict_response_validation=True,
-    )
 
 
 def _log(tmp_path: Path) -> str:
@@ -289,7 +279,7 @@ def test_a_model_answers_the_responses_api_blocking_and_streamed(
     live_server_factory, raw_api_key, openai_api, preset, path
 ):
     # given
-    client = _sdk(live_server_factory(**model_env(openai_api, preset)), raw_api_key)
+    client = sdk_client(live_server_factory(**model_env(openai_api, preset)), raw_api_key)
 
     # when
     first = client.responses.create(model="any", input="hello", instructions="Say hi.")
@@ -338,7 +328,7 @@ def test_the_sdk_stream_helper_accepts_a_streamed_model_answer(
     live_server_factory, raw_api_key, openai_api
 ):
     # given
-    client = _sdk(live_server_factory(**model_env(openai_api)), raw_api_key)
+    client = sdk_client(live_server_factory(**model_env(openai_api)), raw_api_key)
 
     # when
     with client.responses.stream(model="any", input="one two three") as stream:
@@ -357,7 +347,7 @@ def test_a_wrong_key_is_a_start_up_warning_and_a_failed_response_with_a_reason(
 ):
     # given
     env = model_env(openai_api, OPENAI_API_KEY="sk-wrong-key-0000000000")
-    client = _sdk(live_server_factory(**env), raw_api_key)
+    client = sdk_client(live_server_factory(**env), raw_api_key)
 
     # when
     blocking = client.responses.create(model="any", input="hello")
@@ -385,7 +375,7 @@ def test_an_unreachable_endpoint_is_a_start_up_warning_and_a_failed_response_wit
 ):
     # given
     env = model_env(openai_api, "openai-compatible", OPENAI_BASE_URL=_closed_port_url())
-    client = _sdk(live_server_factory(**env), raw_api_key)
+    client = sdk_client(live_server_factory(**env), raw_api_key)
 
     # when
     response = client.responses.create(model="any", input="hello")

@@ -3,9 +3,9 @@ with OpenAI's default `truncation: "disabled"`, a refusal when they do not fit."
 
 import openai
 import pytest
-from openai import OpenAI
 
 from afhost.models import Run
+from tests.conftest import sdk_client
 
 
 @pytest.fixture
@@ -15,13 +15,7 @@ def client(live_server_factory, raw_api_key):
     url = live_server_factory(
         AFHOST_TARGET="tests.agents:count_turns", AFHOST_MAX_HISTORY_BYTES="2048"
     )
-    return OpenAI(
-        base_url=f"{url}/v1",
-        api_key=raw_api_key,
-        max_retries=0,
-        timeout=30,
-        _strict_response_validation=True,
-    )
+    return sdk_client(url, raw_api_key)
 
 
 def _two_turns(client):

@@ -8,6 +8,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests.conftest import sdk_client
+
 
 def _sse_events(text: str) -> list[dict]:
     return [
@@ -69,14 +71,7 @@ def test_two_hundred_resumed_streams_share_a_small_pool(live_server_factory, raw
 def quiet_streams(live_server_factory, raw_api_key, worker):
     """A live server that keeps quiet streams alive every 0.1 s: its URL and an SDK client."""
     url = live_server_factory(AFHOST_SSE_KEEPALIVE="0.1")
-    client = OpenAI(
-        base_url=f"{url}/v1",
-        api_key=raw_api_key,
-        max_retries=0,
-        timeout=30,
-        _strict_response_validation=True,
-    )
-    return url, client
+    return url, sdk_client(url, raw_api_key)
 
 
 def _raw_stream(url, raw_api_key, method, path, body=None):

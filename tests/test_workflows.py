@@ -21,6 +21,7 @@ from afhost.targets import TargetLoadError, get_target, load_target
 from afhost.types import HostedRunResult
 from afhost.workflows import WorkflowTarget, decode_checkpoint, encode_checkpoint, hosted_run
 from tests import workflows
+from tests.conftest import sdk_client
 from tests.workflows import EFFECTS, effects, paused_greeting
 
 PRIVATE = 1111111
@@ -273,14 +274,7 @@ def workflow_client(live_db, live_server_factory, raw_api_key):
     """An openai client against a live server hosting a workflow."""
 
     def make(path: str) -> OpenAI:
-        url = live_server_factory(AFHOST_TARGET=path)
-        return OpenAI(
-            base_url=f"{url}/v1",
-            api_key=raw_api_key,
-            max_retries=0,
-            timeout=30,
-            _strict_response_validation=True,
-        )
+        return sdk_client(live_server_factory(AFHOST_TARGET=path), raw_api_key)
 
     return make
 

@@ -245,11 +245,11 @@ def _count_member(chat: TelegramChat, identity: Identity) -> None:
 
 
 @transaction.atomic
-def _record_member(chat: TelegramChat, identity: Identity, update: TelegramUpdate) -> None:
+def _record_member(identity: Identity, update: TelegramUpdate) -> None:
     """Count a message that starts no agent turn (a command, a refusal), on its first attempt.
     A turn's message is counted with its run, in the transaction that stores it (_link_run)."""
     if update.mark_counted():
-        _count_member(chat, identity)
+        _count_member(update.chat, identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,11 +263,10 @@ class Intake:
     outcome: linking.Outcome | None
 
 
-def _take_in(
-    bot: Bot, chat: TelegramChat, update: TelegramUpdate, message: TgMessage
-) -> Intake | None:
+def _take_in(bot: Bot, update: TelegramUpdate, message: TgMessage) -> Intake | None:
     """What the message asks of the bot under the channel's policy (None: not addressed to it),
-    with its author recorded, admitted for a turn, and counted in the chat: one database hop."""
+    with its author recorded and admitted for a turn (or, asking none, counted in the chat): one
+    database hop."""
     policy = linking.policy_for(CHANNEL)
     listening = Listening.of(policy)
     plan = plan_message(
@@ -282,7 +281,7 @@ def _take_in(
     else:
         identity, outcome = turns.admit(_author(message), profile=profile, policy=policy)
     if not isinstance(outcome, linking.Allowed):
-        _record_member(chat, identity, update)
+        _record_member(identity, update)
     return Intake(plan, listening, identity, outcome)
 
 
@@ -564,7 +563,7 @@ async def _send_reply(
             )
 
 
-async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) -> tuple[str, str]:
+async def handle_update(bot: Bot, update: TelegramUpdate) -> tuple[str, str]:
     """Answer one update; returns the inbox status and a note for operators."""
     try:
         parsed = Update.de_json(update.payload, bot)
@@ -579,7 +578,7 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
         return TelegramUpdate.Status.IGNORED, f"unsupported update type: {kind}"
     if message.from_user is None or message.from_user.is_bot:
         return TelegramUpdate.Status.IGNORED, "not from a person"
-    intake = await db_call(_take_in)(bot, chat, update, message)
+    intake = await db_call(_take_in)(bot, update, message)
     if intake is None:
         return TelegramUpdate.Status.IGNORED, "not addressed to the bot"
     plan, identity, outcome = intake.plan, intake.identity, intake.outcome
@@ -599,7 +598,7 @@ async def handle_update(bot: Bot, chat: TelegramChat, update: TelegramUpdate) ->
     try:
         await _send_reply(bot, update, target, text, previews=not isinstance(plan, Command))
     except BotBlocked as exc:
-        await db_call(chat.mark_blocked)(exc.args[0])
+        await db_call(update.chat.mark_blocked)(exc.args[0])
         if message.chat.type == "private":
             await db_call(identity.mark_unreachable)(exc.args[0])
         return TelegramUpdate.Status.FAILED, f"Telegram refused delivery: {exc.args[0]}"
@@ -655,7 +654,7 @@ async def drain_chat(chat_pk: int) -> None:
                 return
             try:
                 await bot.initialize()  # getMe, the first time
-                status, note = await handle_update(bot, update.chat, update)
+                status, note = await handle_update(bot, update)
             except Exception as exc:
                 logger.exception(
                     "telegram update %s failed (attempt %d)", update.update_id, update.attempts + 1
