@@ -43,6 +43,7 @@ worker: $(VENV)/installed
 lint: $(VENV)/installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 fmt: $(VENV)/installed
 	$(VENV)/bin/ruff check --fix .

@@ -447,12 +447,12 @@ class OwnersChangeList(ChangeList):
 
     def get_queryset(self, request, exclude_parameters=None):
         queryset = super().get_queryset(request, exclude_parameters)
-        return self.model_admin.list_queryset(queryset)
+        return self.model_admin.list_queryset(queryset)  # type: ignore[attr-defined]
 
     def get_results(self, request) -> None:
         super().get_results(request)
         rows = list(self.result_list)  # evaluated once; the template reads the same rows
-        owners = self.model_admin.owners_of(rows)
+        owners = self.model_admin.owners_of(rows)  # type: ignore[attr-defined]
         for row in rows:
             row.owners = owners
 
@@ -569,8 +569,8 @@ class RunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def _owners(self, run: Run) -> Owners:
         if not hasattr(run, "owners"):
-            run.owners = self.owners_of([run])
-        return run.owners
+            run.owners = self.owners_of([run])  # type: ignore[attr-defined]
+        return run.owners  # type: ignore[attr-defined]
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Run], search_term: str):
         public_id = parse_public_id(search_term)
@@ -713,8 +713,8 @@ class ConversationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="Who")
     def owner(self, obj: Conversation) -> str:
         if not hasattr(obj, "owners"):
-            obj.owners = self.owners_of([obj])
-        return obj.owners.label(obj.isolation_key)
+            obj.owners = self.owners_of([obj])  # type: ignore[attr-defined]
+        return obj.owners.label(obj.isolation_key)  # type: ignore[attr-defined]
 
     @admin.display(description="Last response")
     def last_run(self, obj: Conversation) -> SafeString | str:

@@ -88,5 +88,5 @@ def check_model_service(app_configs, **kwargs) -> list[Warning]:
         target = get_target()
     except TargetLoadError:
         return []  # check_target reports it
-    problem = target.probe()
+    problem = target.probe()  # type: ignore[attr-defined]  # a built-in model target
     return [] if problem is None else [Warning(problem.message, hint=problem.hint, id=problem.id)]

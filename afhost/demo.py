@@ -18,6 +18,7 @@ from agent_framework import (
     ChatResponseUpdate,
     Content,
     Message,
+    UsageDetails,
 )
 from django.conf import settings
 
@@ -58,7 +59,7 @@ class DemoChatClient(BaseChatClient):
         **kwargs: Any,
     ):
         text = demo_reply(messages)
-        usage = {
+        usage: UsageDetails = {
             "input_token_count": sum(len(m.text.split()) for m in messages),
             "output_token_count": len(text.split()),
         }
@@ -66,12 +67,12 @@ class DemoChatClient(BaseChatClient):
             return self._build_response_stream(self._stream(text, usage))
         return self._complete(text, usage)
 
-    async def _complete(self, text: str, usage: dict[str, int]) -> ChatResponse:
+    async def _complete(self, text: str, usage: UsageDetails) -> ChatResponse:
         return ChatResponse(
             messages=[Message("assistant", [text])], finish_reason="stop", usage_details=usage
         )
 
-    async def _stream(self, text: str, usage: dict[str, int]) -> AsyncIterator[ChatResponseUpdate]:
+    async def _stream(self, text: str, usage: UsageDetails) -> AsyncIterator[ChatResponseUpdate]:
         delay = settings.AFHOST_DEMO_TOKEN_DELAY
         words = text.split(" ")
         for index, word in enumerate(words):

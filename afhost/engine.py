@@ -55,7 +55,7 @@ class Engine:
         self._thread.start()
         # Stop when the process exits, before Python shuts down the thread pools the jobs'
         # database hops run on (concurrent.futures registers its own exit hook the same way).
-        threading._register_atexit(self.stop)
+        threading._register_atexit(self.stop)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         """Stop sweeping, give the running jobs DRAIN_SECONDS, cancel the rest; wait for that."""

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from agent_framework import AgentResponseUpdate, Message
 from django.conf import settings
@@ -28,6 +28,8 @@ from afhost.writer import run_writer
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 AGENT_FAILED = "The agent failed to produce a response."
 TOO_SLOW = "The agent took too long to answer."
 # How often a turn waiting for its conversation looks again.
@@ -46,7 +48,7 @@ def _call_target(run: Run, messages: list[Message], *, stream: bool) -> Any:
     during the call: it keeps the run's checkpoints."""
     token = hosted_run.set(run)
     try:
-        return get_target().run(messages, stream=stream, **_run_kwargs(run))
+        return get_target().run(messages, stream=stream, **_run_kwargs(run))  # type: ignore[call-overload]
     finally:
         hosted_run.reset(token)
 
@@ -107,7 +109,7 @@ class TargetStream:
             self.result = _failure(self.run, exc)
 
 
-async def wait_for_turn(begin: Callable[[], StartedRun | None]) -> StartedRun | None:
+async def wait_for_turn(begin: Callable[[], T]) -> T:
     """Call `begin` (a sync service, on the database thread) until its conversation is free.
 
     Waiting holds no thread and no connection: it sleeps between looks.
@@ -159,7 +161,7 @@ async def _finish(
         )
 
 
-async def stream_foreground_run(started: StartedRun) -> AsyncIterator[list[dict]]:
+async def stream_foreground_run(started: StartedRun) -> AsyncGenerator[list[dict], None]:
     """A foreground streamed run: yields batches of wire events; the run is stored (in progress)
     before the first, which names it, and finished before the last.
 
@@ -175,8 +177,8 @@ async def stream_foreground_run(started: StartedRun) -> AsyncIterator[list[dict]
         async for update in stream:
             if events := renderer.update(update):
                 yield events
-        events = renderer.finish(stream.result)
-        await run_writer.finish(started, stream.result, renderer.output_items)
+        events = renderer.finish(stream.result)  # type: ignore[arg-type]  # set once iterated
+        await run_writer.finish(started, stream.result, renderer.output_items)  # type: ignore[arg-type]
         finished = True
         yield events
     finally:
@@ -234,7 +236,7 @@ async def drive_background_run(started: StartedRun) -> None:
         await db_call(services.end_cancelled_run)(started=started)
         return
     task.result()
-    events = renderer.finish(stream.result)
+    events = renderer.finish(stream.result)  # type: ignore[arg-type]  # set once iterated
     await db_call(services.finish_run)(
         started=started,
         result=stream.result,
@@ -284,6 +286,6 @@ def _cancels() -> CancelWatch:
     return _watches.setdefault(asyncio.get_running_loop(), CancelWatch())
 
 
-def tail_run_events(*, run: Run, after: int) -> AsyncIterator[list[dict]]:
+def tail_run_events(*, run: Run, after: int) -> AsyncGenerator[list[dict], None]:
     """Stored events of a streamed background run after `after`, following the run to its end."""
     return run_tails.follow(run=run, after=after)

@@ -24,13 +24,14 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.urls import set_script_prefix
 from django.utils.deprecation import MiddlewareMixin
 
-GetResponse = Callable[[HttpRequest], Awaitable[HttpResponse]]
+GetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 
 def on_the_loop(middleware_class: type[MiddlewareMixin]) -> Callable[[GetResponse], GetResponse]:
@@ -41,7 +42,7 @@ def on_the_loop(middleware_class: type[MiddlewareMixin]) -> Callable[[GetRespons
         process_request = getattr(middleware, "process_request", None)
         process_response = getattr(middleware, "process_response", None)
 
-        async def call(request: HttpRequest) -> HttpResponse:
+        async def call(request: HttpRequest) -> HttpResponseBase:
             response = process_request(request) if process_request else None
             response = response or await get_response(request)
             return process_response(request, response) if process_response else response
@@ -60,9 +61,10 @@ API_MIDDLEWARE = [
 
 class ApiHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware, self._template_response_middleware = [], []
-        self._exception_middleware = []
-        handler = convert_exception_to_response(self._get_response_async)
+        self._view_middleware: list[Callable] = []
+        self._template_response_middleware: list[Callable] = []
+        self._exception_middleware: list[Callable] = []
+        handler: Callable = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
         for middleware in reversed(API_MIDDLEWARE):
             handler = convert_exception_to_response(middleware(handler))
         self._middleware_chain = handler
@@ -85,23 +87,23 @@ class ApiHandler(ASGIHandler):
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
-        if request is None:
+        if error_response is not None:
             body_file.close()
             await self.send_response(error_response, send)
             error_response.close()
             return
+        if request is None:  # create_request gives a request or an error response
+            raise RequestAborted
 
-        async def process_request() -> HttpResponse:
+        async def process_request() -> HttpResponseBase:
             response = await self.run_get_response(request)
             with contextlib.suppress(asyncio.CancelledError):  # the client left while sending
                 await self.send_response(response, send)
             return response
 
         # As Django does: a client that disconnects cancels the view (a stream stops).
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request()),
-        ]
+        answer = asyncio.create_task(process_request())
+        tasks = [asyncio.create_task(self.listen_for_disconnect(receive)), answer]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
             if task.done():
@@ -112,7 +114,7 @@ class ApiHandler(ASGIHandler):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         try:
-            response = tasks[1].result()
+            response = answer.result()
         except asyncio.CancelledError:
             signals.request_finished.send(sender=self.__class__)
         else:

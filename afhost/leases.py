@@ -45,7 +45,7 @@ def take_lease(model: type[LeasedModel], pk: int, *, where: Q | None = None, **c
     """
     now = timezone.now()
     owner = secrets.token_hex(8)
-    taken = model.objects.filter(free(now), where or Q(), pk=pk).update(
+    taken = model._default_manager.filter(free(now), where or Q(), pk=pk).update(
         lease_owner=owner,
         lease_expires_at=now + lease_duration(),
         updated_at=now,
@@ -67,7 +67,7 @@ def give_back(
     keeper.forget(model, pk, owner)
     changes.setdefault("updated_at", timezone.now())
     return bool(
-        model.objects.filter(where or Q(), pk=pk, lease_owner=owner).update(
+        model._default_manager.filter(where or Q(), pk=pk, lease_owner=owner).update(
             lease_owner="", lease_expires_at=None, **changes
         )
     )
@@ -116,7 +116,7 @@ class LeaseKeeper:
             by_model[model] |= Q(pk=pk, lease_owner=owner)
         expires = timezone.now() + lease_duration()
         return sum(
-            model.objects.filter(ours).update(lease_expires_at=expires)
+            model._default_manager.filter(ours).update(lease_expires_at=expires)
             for model, ours in by_model.items()
         )
 

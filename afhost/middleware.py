@@ -28,14 +28,14 @@ def refuse_nul_characters(get_response: Callable) -> Callable:
     """
     if iscoroutinefunction(get_response):
 
-        async def middleware(request: HttpRequest) -> HttpResponse:
+        async def async_middleware(request: HttpRequest) -> HttpResponse:
             _refuse_nul(request)
             return await get_response(request)
 
-    else:
+        return async_middleware
 
-        def middleware(request: HttpRequest) -> HttpResponse:
-            _refuse_nul(request)
-            return get_response(request)
+    def middleware(request: HttpRequest) -> HttpResponse:
+        _refuse_nul(request)
+        return get_response(request)
 
     return middleware

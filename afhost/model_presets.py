@@ -127,6 +127,7 @@ def build_chat_client(config: ModelConfig) -> tuple[BaseChatClient, Close]:
     client_class = OpenAIChatClient if config.api == "responses" else OpenAIChatCompletionClient
     credential = None
     if config.preset == "azure-openai":
+        auth: dict[str, Any]
         if config.api_key:
             auth = {"api_key": config.api_key}
         else:
@@ -157,7 +158,7 @@ def build_agent(config: ModelConfig) -> tuple[Agent, Close]:
         instructions=config.instructions or None,
         name=f"afhost-{config.preset}",
         description=f"{config.model} ({config.preset}, {config.api})",
-        default_options=options,
+        default_options=options,  # type: ignore[arg-type]
     )
     return agent, close
 
@@ -259,7 +260,7 @@ def probe_model_service(config: ModelConfig) -> ServiceProblem | None:
     async def list_models() -> list[str]:
         nonlocal url
         chat_client, close = build_chat_client(config)
-        client = chat_client.client.with_options(timeout=timeout, max_retries=0)
+        client = chat_client.client.with_options(timeout=timeout, max_retries=0)  # type: ignore[attr-defined]
         url = str(client.base_url).rstrip("/")
         try:
             async with asyncio.timeout(timeout):

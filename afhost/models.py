@@ -5,12 +5,22 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.db import models
 from django.db.models.functions import Cast, Length
 from django.utils import timezone
 
 RESPONSE_ID_PREFIX = "resp_"
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def alters_data(method: Method) -> Method:
+    """Mark a model method that writes, so templates never call it (Django's `alters_data`)."""
+    method.alters_data = True  # type: ignore[attr-defined]
+    return method
 
 
 def response_id(public_id: uuid.UUID) -> str:
@@ -112,6 +122,7 @@ class ApiKey(TimestampedModel):
         self.key_prefix = raw_key[:12]
         self.key_hash = hash_api_key(raw_key)
 
+    @alters_data
     def revoke(self) -> bool:
         """Revoke the key; False when it already was."""
         now = timezone.now()
@@ -121,8 +132,6 @@ class ApiKey(TimestampedModel):
         if updated:
             self.revoked_at = now
         return bool(updated)
-
-    revoke.alters_data = True
 
 
 class Conversation(TimestampedModel, LeasedModel):
@@ -279,13 +288,13 @@ class Run(TimestampedModel, LeasedModel):
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL_STATUSES
 
+    @alters_data
     def mark_enqueued(self) -> None:
         now = timezone.now()
         Run.objects.filter(pk=self.pk).update(enqueued_at=now, updated_at=now)
         self.enqueued_at = now
 
-    mark_enqueued.alters_data = True
-
+    @alters_data
     def cancel(self) -> bool:
         """Cancel a queued or in-progress run; False if it had already ended."""
         now = timezone.now()
@@ -295,8 +304,6 @@ class Run(TimestampedModel, LeasedModel):
         if updated:
             self.status, self.completed_at = self.Status.CANCELLED, now
         return bool(updated)
-
-    cancel.alters_data = True
 
 
 class RunEvent(models.Model):

@@ -7,7 +7,7 @@ Apps register from their AppConfig.ready(); the core never imports them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
     from agent_framework import AgentResponseUpdate
@@ -48,7 +48,9 @@ class Channel(Protocol):
 class PushProgress(Protocol):
     """How much of a message a channel's earlier attempts delivered, and where it records more."""
 
-    sent_parts: int
+    @property
+    def sent_parts(self) -> int:
+        """The parts delivered so far."""
 
     async def part_sent(self, *, last: bool) -> None:
         """Record that one more part of the message (`last`: its last) was accepted."""
@@ -87,7 +89,11 @@ def channel_names() -> list[str]:
 
 
 def pushing_channels() -> dict[str, PushingChannel]:
-    return {name: channel for name, channel in _channels.items() if hasattr(channel, "push")}
+    return {
+        name: cast("PushingChannel", channel)
+        for name, channel in _channels.items()
+        if hasattr(channel, "push")
+    }
 
 
 def channels_resuming_lost_runs() -> list[str]:
@@ -106,7 +112,7 @@ def get_streaming_channel(name: str) -> StreamingChannel:
     channel = get_channel(name)
     if not hasattr(channel, "renderer"):
         raise LookupError(f"the {name!r} channel neither streams nor runs in the background")
-    return channel
+    return cast("StreamingChannel", channel)
 
 
 _sweepers: list[Callable[[], object]] = []

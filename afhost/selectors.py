@@ -76,7 +76,7 @@ def conversation_history(
     for fits, input_messages, output_messages in chain:  # oldest first
         if fits:
             for stored in (input_messages, output_messages):
-                data = _MESSAGES.from_db_value(stored, None, connection)
+                data = _MESSAGES.from_db_value(stored, None, connection)  # type: ignore[arg-type]
                 messages.extend(Message.from_dict(m) for m in data)
     return messages
 

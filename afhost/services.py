@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from agent_framework import Message
 from django.db import IntegrityError, transaction
@@ -70,7 +71,7 @@ class StartedRun:
         live process."""
         if self.run.pk is not None and self.run.lease_owner:
             keeper.forget(Run, self.run.pk, self.run.lease_owner)
-        if self.conversation_lease:
+        if self.conversation_lease and self.run.conversation_id:
             keeper.forget(Conversation, self.run.conversation_id, self.conversation_lease)
 
 
@@ -198,7 +199,7 @@ def _started(run: Run, continuation: _Continuation, new_input: list[Message]) ->
         ],
         conversation_lease=continuation.lease,
     )
-    if continuation.lease:
+    if continuation.lease and continuation.conversation:
         keeper.hold(Conversation, continuation.conversation.pk, continuation.lease, started)
     return started
 
@@ -378,7 +379,7 @@ def sweep_runs(*, now: datetime | None = None) -> tuple[int, int]:
     )
     failed = 0
     for run in lost.annotate(resumable=Exists(progressed)).order_by("pk"):
-        if run.is_background and run.resumable and not run.is_streamed:
+        if run.is_background and run.resumable and not run.is_streamed:  # type: ignore[attr-defined]
             requeued += requeue_lost_run(run=run)
         else:
             failed += fail_lost_run(run=run)
@@ -476,9 +477,9 @@ def end_cancelled_run(*, started: StartedRun) -> None:
 def _end_turn(started: StartedRun, *, moved_on: bool) -> None:
     """Give the conversation's lease back, moving it on to the run if the run was stored."""
     run = started.run
-    if not started.conversation_lease:
+    if not started.conversation_lease or not run.conversation_id:
         return
-    changes = {"head_run": run} if moved_on else {}
+    changes: dict[str, Any] = {"head_run": run} if moved_on else {}
     if not give_back(Conversation, run.conversation_id, started.conversation_lease, **changes):
         logger.warning(
             "run %s: the lease on conversation %s ran out before the turn ended",
@@ -508,9 +509,12 @@ def store_runs(
         _end_turn(entry, moved_on=True)
     for entry, result, output_items in later:
         finish_run(started=entry, result=result, output_items=output_items)
-    transaction.on_commit(
-        lambda: [keeper.hold(Run, entry.run.pk, entry.run.lease_owner, entry) for entry in started]
-    )
+
+    def hold_leases() -> None:
+        for entry in started:
+            keeper.hold(Run, entry.run.pk, entry.run.lease_owner, entry)
+
+    transaction.on_commit(hold_leases)
 
 
 def run_outcome(*, result: HostedRunResult, output_items: list[dict]) -> dict:

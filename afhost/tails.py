@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from django.conf import settings
 
@@ -48,7 +48,7 @@ class RunTails:
             self._poller: asyncio.Task | None = None
             self._joined = asyncio.Event()
 
-    async def follow(self, *, run: Run, after: int) -> AsyncIterator[list[dict]]:
+    async def follow(self, *, run: Run, after: int) -> AsyncGenerator[list[dict], None]:
         """Batches of the run's stored events numbered above `after`, until it ends (or is
         deleted)."""
         self._for_this_loop()

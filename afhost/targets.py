@@ -70,10 +70,10 @@ class CallableAgent:
 
     async def _chunks(self, messages: list[Message]) -> AsyncIterator[str]:
         if self._streams:
-            async for chunk in self.answer(messages):
+            async for chunk in self.answer(messages):  # type: ignore[union-attr]
                 yield _checked_text(chunk)
         else:
-            yield _checked_text(await self.answer(messages))
+            yield _checked_text(await self.answer(messages))  # type: ignore[misc]
 
     async def _updates(self, messages: list[Message]) -> AsyncIterator[AgentResponseUpdate]:
         async for chunk in self._chunks(messages):
@@ -138,7 +138,7 @@ def load_target(path: str) -> SupportsAgentRun:
     if path in MODEL_PRESETS:
         from afhost.model_presets import load_model_target
 
-        return load_model_target(path)
+        return load_model_target(path)  # type: ignore[return-value]
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise TargetLoadError(

@@ -165,8 +165,8 @@ class _Turn:
         async with self.target.workflow() as workflow:
             storage = None if self.run is None else RunCheckpointStorage(run=self.run, turn=self)
             start = await self._start(workflow)
-            for frame in self.frames:  # restored: what the run had output before its checkpoint
-                for update in self._updates(frame):
+            for restored in self.frames:  # what the run had output before its checkpoint
+                for update in self._updates(restored):
                     yield update
             stream = workflow.run(**start, stream=True, checkpoint_storage=storage)
             try:
@@ -427,7 +427,7 @@ def _decode(value: Any) -> Any:
     if kind == "dataclass" and dataclasses.is_dataclass(cls):
         return cls(**{name: _decode(item) for name, item in value["fields"].items()})
     if kind == "object" and callable(getattr(cls, "from_dict", None)):
-        return cls.from_dict(_decode(value["value"]))
+        return cls.from_dict(_decode(value["value"]))  # type: ignore[attr-defined]
     raise WorkflowCheckpointException(f"a stored checkpoint holds a {kind} {value['class']!r}")
 
 

@@ -106,7 +106,7 @@ class RunWriter:
                     if write.result is None and id(write.started) not in ending
                 ],
                 finished=[
-                    (write.started, write.result, write.output_items)
+                    (write.started, write.result, write.output_items)  # type: ignore[misc]
                     for write in batch
                     if write.result is not None
                 ],

@@ -125,7 +125,7 @@ class TelegramUpdateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def run_column(self, obj: TelegramUpdate) -> SafeString | str:
         if obj.run_id is None:
             return EMPTY
-        return run_link(obj.run_id, obj.run_public_id, obj.run_status)
+        return run_link(obj.run_id, obj.run_public_id, obj.run_status)  # type: ignore[attr-defined]
 
     @admin.display(description="Run")
     def run_status(self, obj: TelegramUpdate) -> SafeString | str:
@@ -135,8 +135,8 @@ class TelegramUpdateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return format_html(
             '<a href="{}" title="{}">{}</a>',
             reverse("admin:afhost_run_change", args=[obj.run_id]),
-            response_id(obj.run_public_id),
-            run_badge(obj.run_status),
+            response_id(obj.run_public_id),  # type: ignore[attr-defined]
+            run_badge(obj.run_status),  # type: ignore[attr-defined]
         )
 
     @admin.display(description="Last error")
@@ -170,7 +170,7 @@ class TelegramUpdateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         }
         rows = []
         for entry in reversed(entries):  # newest first
-            run = runs.get(entry.get("run"))
+            run = runs.get(entry.get("run"))  # type: ignore[arg-type]
             outcome = str(entry.get("outcome", ""))
             rows.append(
                 {
@@ -250,7 +250,7 @@ class TelegramChatAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="People", ordering="member_total")
     def member_count(self, obj: TelegramChat) -> int:
-        return obj.member_total
+        return obj.member_total  # type: ignore[attr-defined]
 
     @admin.display(description="Blocked", ordering="blocked_at")
     def blocked(self, obj: TelegramChat) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,8 @@ from linking.models import ChannelPolicy, Identity
 from linking.services import (
     UNREAD,
     Allowed,
+    Denied,
+    LinkRequired,
     Outcome,
     Principal,
     authorize,
@@ -59,7 +61,7 @@ class Profile:
 class TurnRefused(Exception):
     """Authorization refused the turn: `outcome` is LinkRequired or Denied."""
 
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: LinkRequired | Denied) -> None:
         super().__init__(outcome.reason)
         self.outcome = outcome
 
@@ -110,9 +112,11 @@ class Turn:
     started: StartedRun | None = None
 
     async def run_blocking(self) -> Run:
+        if self.started is None:
+            raise TypeError("a queued run is run by a worker")
         return await execution.run_blocking(self.started)
 
-    def stream(self) -> AsyncIterator[list[dict]]:
+    def stream(self) -> AsyncGenerator[list[dict], None]:
         """The run's wire events as they happen (a background run's, as its worker stores them)."""
         if self.started is None:
             return execution.tail_run_events(run=self.run, after=-1)

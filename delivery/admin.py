@@ -28,7 +28,7 @@ from linking.admin import OperatorActionsMixin
 
 logger = logging.getLogger(__name__)
 
-STATUS_COLOURS = {
+STATUS_COLOURS: dict[str, str] = {
     DeliveryTask.Status.PENDING: "#666",
     DeliveryTask.Status.SENDING: "#205493",
     DeliveryTask.Status.SENT: "#2e7d32",
@@ -50,7 +50,7 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def capped(self) -> selectors.Capped:
-        return selectors.capped_count(self.object_list)
+        return selectors.capped_count(self.object_list)  # type: ignore[arg-type]
 
     @cached_property
     def count(self) -> int:
@@ -79,8 +79,8 @@ class AttemptsFilter(admin.SimpleListFilter):
         return (("1", "More than 1"), ("3", "More than 3"))
 
     def queryset(self, request, queryset):
-        if self.value() in ("1", "3"):
-            return queryset.filter(attempts__gt=int(self.value()))
+        if (value := self.value()) in ("1", "3"):
+            return queryset.filter(attempts__gt=int(value))
         return queryset
 
 
@@ -108,8 +108,8 @@ class AgeFilter(admin.SimpleListFilter):
         return (("hour", "Last hour"), ("day", "Last day"), ("week", "Last week"))
 
     def queryset(self, request, queryset):
-        if self.value() in self.AGES:
-            return queryset.filter(created_at__gte=timezone.now() - self.AGES[self.value()])
+        if (value := self.value()) in self.AGES:
+            return queryset.filter(created_at__gte=timezone.now() - self.AGES[value])
         return queryset
 
 

@@ -189,7 +189,7 @@ class DeliveryStats:
             "overdue": {"count": self.overdue.count, "more": self.overdue.more},
             "sending": {"count": self.sending.count, "more": self.sending.more},
             "oldest_pending": None
-            if self.oldest_pending is None
+            if self.oldest_pending is None or age is None
             else {**summary(self.oldest_pending), "age_seconds": age.total_seconds()},
             "latest_failures": [summary(task) for task in self.latest_failures],
         }

@@ -26,6 +26,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from agent_framework import Message
 from django.conf import settings
@@ -94,7 +95,7 @@ def destinations(*, targets: Iterable[str], caller: Identity | None) -> list[Des
         elif target == ACTIVE:
             seen = [each for each in linked if each.last_seen_at is not None]
             if seen:
-                add(max(seen, key=lambda each: each.last_seen_at))
+                add(max(seen, key=lambda each: each.last_seen_at))  # type: ignore[arg-type,return-value]
         elif ":" in target:
             channel, _, value = target.partition(":")
             destination = Destination(channel, channels[channel].push_locator(value))
@@ -163,8 +164,12 @@ def enqueue(tasks: Iterable[DeliveryTask]) -> None:
 
 
 def _queue_stored(ids: list[int]) -> None:
+    def queue_all() -> None:
+        for pk in ids:
+            _queue(pk)
+
     queue_stored(
-        lambda: [_queue(pk) for pk in ids],
+        queue_all,
         what=f"{len(ids)} deliveries",
         recovery="the sweeper queues them again once they have been due for two leases",
     )
@@ -246,7 +251,7 @@ def _record(task: DeliveryTask, *, error: PushError | None) -> float | None:
     """Store how the attempt ended; the seconds until the next one, or None when it is over."""
     now = timezone.now()
     if error is None:
-        sent = {
+        sent: dict[str, Any] = {
             "status": DeliveryTask.Status.SENT,
             "sent_at": now,
             "sent_parts": task.sent_parts,
@@ -259,7 +264,7 @@ def _record(task: DeliveryTask, *, error: PushError | None) -> float | None:
                 outcome=DeliveryAttempt.Outcome.SENT, error="", finished_at=now
             )
         return None
-    changes = {"last_error": error.message, "sent_parts": task.sent_parts}
+    changes: dict[str, Any] = {"last_error": error.message, "sent_parts": task.sent_parts}
     if error.moved_to is not None:
         changes.update(locator=error.moved_to, max_attempts=F("max_attempts") + 1)
         delay: float | None = 0.0

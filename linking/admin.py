@@ -109,7 +109,7 @@ class OperatorActionsMixin:
         return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
-        opts = self.opts
+        opts = self.opts  # type: ignore[attr-defined]
         return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
 
 
@@ -177,7 +177,7 @@ class IdentityAdmin(OperatorActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="Linked as", ordering="linked_label")
     def linked_as(self, obj: Identity) -> str:
-        return obj.linked_label or ""
+        return obj.linked_label or ""  # type: ignore[attr-defined]
 
     @admin.display(description="Blocked", boolean=True, ordering="blocked_at")
     def is_blocked(self, obj: Identity) -> bool:
@@ -250,7 +250,7 @@ class LinkGrantAdmin(OperatorActionsMixin, admin.ModelAdmin):
     @admin.action(description="Revoke", permissions=["operate"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[LinkGrant]) -> None:
         count = 0
-        for grant in queryset.active():
+        for grant in queryset.active():  # type: ignore[attr-defined]
             if grant.revoke(by=_operator(request)):
                 self.log_change(request, grant, "Revoked")
                 count += 1
@@ -291,7 +291,7 @@ class ProblemsOnChangelistMixin:
             for problem in checks.problems():
                 level = messages.ERROR if problem.is_serious() else messages.WARNING
                 messages.add_message(request, level, f"{problem.msg} ({problem.id})")
-        return super().changelist_view(request, extra_context)
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
 
 
 class AllowlistEntryInline(admin.TabularInline):
@@ -337,7 +337,7 @@ class ChannelPolicyForm(forms.ModelForm):
         current = self.instance.channel
         if current and current not in dict(choices):
             choices.append((current, f"{current} (unknown channel)"))
-        self.fields["channel"].choices = choices
+        self.fields["channel"].choices = choices  # type: ignore[attr-defined]
 
 
 @admin.register(ChannelPolicy)

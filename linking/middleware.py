@@ -40,7 +40,10 @@ class LinkFailureMiddleware(SocialAuthExceptionMiddleware):
     def raise_exception(self, request: HttpRequest, exception: Exception) -> bool:
         return False
 
-    def get_message(self, request: HttpRequest, exception: SocialAuthBaseException) -> str:
+    # Called only for social-auth's own exceptions (process_exception checks).
+    def get_message(  # type: ignore[override]
+        self, request: HttpRequest, exception: SocialAuthBaseException
+    ) -> str:
         return failure_reason(exception)
 
     def dispatch_error(

@@ -16,7 +16,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-from afhost.models import TimestampedModel
+from afhost.models import TimestampedModel, alters_data
 
 
 def hash_token(token: str) -> str:
@@ -55,6 +55,7 @@ class Identity(TimestampedModel):
         label = f"@{self.username}" if self.username else self.display_name or self.native_id
         return f"{self.channel}:{label}"
 
+    @alters_data
     def mark_unreachable(self, reason: str) -> None:
         now = timezone.now()
         Identity.objects.filter(pk=self.pk).update(
@@ -62,8 +63,7 @@ class Identity(TimestampedModel):
         )
         self.unreachable_at, self.unreachable_reason = now, reason[:300]
 
-    mark_unreachable.alters_data = True
-
+    @alters_data
     def record_refusal(self, reason: str) -> None:
         now = timezone.now()
         Identity.objects.filter(pk=self.pk).update(
@@ -74,8 +74,7 @@ class Identity(TimestampedModel):
         )
         self.last_refused_at, self.last_refusal = now, reason[:300]
 
-    record_refusal.alters_data = True
-
+    @alters_data
     def block(self, *, by: str) -> None:
         now = timezone.now()
         Identity.objects.filter(pk=self.pk, blocked_at__isnull=True).update(
@@ -83,15 +82,12 @@ class Identity(TimestampedModel):
         )
         self.blocked_at, self.blocked_by = now, by[:200]
 
-    block.alters_data = True
-
+    @alters_data
     def unblock(self) -> None:
         Identity.objects.filter(pk=self.pk).update(
             blocked_at=None, blocked_by="", updated_at=timezone.now()
         )
         self.blocked_at, self.blocked_by = None, ""
-
-    unblock.alters_data = True
 
 
 class LinkGrantQuerySet(models.QuerySet["LinkGrant"]):
@@ -138,6 +134,7 @@ class LinkGrant(TimestampedModel):
     def is_active(self) -> bool:
         return self.revoked_at is None
 
+    @alters_data
     def revoke(self, *, by: str) -> bool:
         """Revoke the grant; False when it was revoked already."""
         now = timezone.now()
@@ -147,8 +144,6 @@ class LinkGrant(TimestampedModel):
         if revoked:
             self.revoked_at, self.revoked_by = now, by[:200]
         return bool(revoked)
-
-    revoke.alters_data = True
 
 
 class LinkChallenge(TimestampedModel):
@@ -234,11 +229,12 @@ class AllowlistEntry(TimestampedModel):
 
     def clean(self) -> None:
         # An entry without a kind has its field error already.
-        required = {
+        by_kind: dict[str, tuple[str, ...]] = {
             self.Kind.NATIVE_ID: ("channel", "value"),
             self.Kind.CLAIM: ("claim", "value"),
             self.Kind.ALLOWLIST: ("member",),
-        }.get(self.kind, ())
+        }
+        required = by_kind.get(self.kind, ())
         missing = {
             name: "Required for this kind of entry." for name in required if not getattr(self, name)
         }
@@ -247,6 +243,7 @@ class AllowlistEntry(TimestampedModel):
         if (
             self.kind == self.Kind.ALLOWLIST
             and self.allowlist_id
+            and self.member_id
             and _reaches(self.member_id, self.allowlist_id)
         ):
             raise ValidationError({"member": "An allowlist cannot contain itself."})

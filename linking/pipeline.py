@@ -21,7 +21,7 @@ def redeem_challenge(
     is created, associated, logged in or changed. `response` is the token response merged with
     the id token's claims, verified by then (signature, issuer, audience, expiry, tenant).
     """
-    request = backend.strategy.request
+    request = backend.strategy.request  # type: ignore[attr-defined]  # social_django's strategy
     pk = request.session.get(CHALLENGE_KEY)
     if pk is None:
         return render_failure(request, NO_CHALLENGE, status=400)

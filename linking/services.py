@@ -109,7 +109,7 @@ class Principal:
         upn = str(
             claims.get("preferred_username") or claims.get("upn") or claims.get("email") or ""
         )
-        kept = {
+        kept: dict[str, Any] = {
             "tid": str(claims.get("tid", "")),
             "oid": str(claims.get("oid", "")),
             "upn": upn,
@@ -190,7 +190,7 @@ def load_rule(allowlist: Allowlist) -> rules.Rule:
         elif entry.kind == AllowlistEntry.Kind.CLAIM:
             inner.append(rules.Claim(entry.claim, entry.value))
         else:
-            inner.append(load_rule(entry.member))
+            inner.append(load_rule(entry.member))  # type: ignore[arg-type]  # required (clean)
     combine = rules.AllOf if allowlist.combine == Allowlist.Combine.ALL_OF else rules.AnyOf
     return combine(tuple(inner))
 
@@ -210,15 +210,16 @@ def decide(*, person: Person, policy: ChannelPolicy | None) -> Outcome:
         return Denied("the policy needs linked accounts, but linking is not configured")
     linked = person.grant is not None
     decision = rules.Decision.ALLOW if rule is None else rule.decide(person.subject)
+    name = "" if policy.allowlist is None else policy.allowlist.name
     if decision is rules.Decision.DENY:
-        return Denied(f"not allowed by allowlist {policy.allowlist.name!r}")
+        return Denied(f"not allowed by allowlist {name!r}")
     if decision is rules.Decision.ALLOW:
         if policy.require_link and not linked:
             return LinkRequired("the channel requires a linked account")
         return Allowed(claims)
     if not linked:
-        return LinkRequired(f"allowlist {policy.allowlist.name!r} needs a linked account")
-    return Denied(f"allowlist {policy.allowlist.name!r} could not decide on the linked claims")
+        return LinkRequired(f"allowlist {name!r} needs a linked account")
+    return Denied(f"allowlist {name!r} could not decide on the linked claims")
 
 
 # `authorize`'s policy when the caller has not read it.
@@ -232,7 +233,7 @@ def authorize(*, identity: Identity, policy: ChannelPolicy | None | object = UNR
     the channel's, as the caller read it for this message (`policy_for`), or read here. A
     refusal is counted on the identity, with its reason, and logged.
     """
-    if policy is UNREAD:
+    if not (policy is None or isinstance(policy, ChannelPolicy)):  # UNREAD
         policy = policy_for(identity.channel)
     outcome = decide(person=person_of(identity), policy=policy)
     if not isinstance(outcome, Allowed):
@@ -349,7 +350,7 @@ def redeem_challenge(*, pk: int, session_key: str, principal: Principal) -> Link
             grant = _link(challenge=challenge, current=current, principal=principal)
     if refused:
         raise LinkRefused(
-            f"This account is already linked to {current.upn or 'another account'}. "
+            f"This account is already linked to {(current and current.upn) or 'another account'}. "
             "To replace that link, ask for a new link and choose to re-link."
         )
     return grant

@@ -60,7 +60,7 @@ def _claimed_challenge(request: HttpRequest) -> LinkChallenge:
     pk = request.session.get(CHALLENGE_KEY)
     if pk is None:
         raise services.LinkRefused(NO_CHALLENGE)
-    return services.open_challenge(pk=pk, session_key=request.session.session_key)
+    return services.open_challenge(pk=pk, session_key=request.session.session_key or "")
 
 
 @never_cache
@@ -72,7 +72,9 @@ def open_link(request: HttpRequest, token: str) -> HttpResponse:
     if request.session.session_key is None:
         request.session.save()
     try:
-        challenge = services.claim_challenge(token=token, session_key=request.session.session_key)
+        challenge = services.claim_challenge(
+            token=token, session_key=request.session.session_key or ""
+        )
     except services.LinkRefused as refused:
         return render_failure(request, str(refused), status=410)
     request.session[CHALLENGE_KEY] = challenge.pk
@@ -109,7 +111,7 @@ def start(request: HttpRequest) -> HttpResponse:
 @psa("social:complete")
 def _begin(request: HttpRequest, backend: str) -> HttpResponse:
     # As social_django.views.auth, but with no user to associate the account with.
-    return do_auth(request.backend)
+    return do_auth(request.backend)  # type: ignore[attr-defined]  # set by @psa
 
 
 @never_cache

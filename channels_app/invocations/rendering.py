@@ -5,7 +5,8 @@ them; a workflow's outputs as the frames its output and request_info events make
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from agent_framework import AgentResponseUpdate, Message
 
@@ -14,7 +15,7 @@ from afhost.targets import hosts_workflow
 from afhost.types import HostedRunResult
 
 # A run's status as a long-running invocation reports it.
-STATUSES = {
+STATUSES: dict[str, str] = {
     Run.Status.QUEUED: "running",
     Run.Status.IN_PROGRESS: "running",
     Run.Status.COMPLETED: "completed",
@@ -30,7 +31,7 @@ def stored_output(result: HostedRunResult) -> list[dict]:
     return list(result.workflow_outputs or [])
 
 
-def failure_message(error: dict | None) -> str:
+def failure_message(error: Mapping[str, Any] | None) -> str:
     return (error or {}).get("message") or "Agent invocation failed."
 
 
@@ -95,7 +96,7 @@ def answer(run: Run) -> dict:
 
 def invocation_status(run: Run) -> dict:
     """A long-running invocation as GET /invocations/{id} reports it."""
-    body = {"invocation_id": run.invocation_id, "status": STATUSES[run.status]}
+    body: dict[str, Any] = {"invocation_id": run.invocation_id, "status": STATUSES[run.status]}
     if body["status"] == "completed":
         body["output"] = output(run)
     elif body["status"] == "failed":

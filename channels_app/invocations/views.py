@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from agent_framework import Message
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 
 from afhost import selectors, services
@@ -85,7 +86,7 @@ async def start(request: ChannelRequest, *, wait: bool = True) -> turns.Turn:
 
 
 @api_endpoint("POST")
-async def invocation_create(request: HttpRequest) -> HttpResponse:
+async def invocation_create(request: HttpRequest) -> HttpResponseBase:
     caller = await authenticate(request.headers)
     invocation_id = issued_id(request.headers.get(INVOCATION_ID))
     session = session_for(request.GET.get("agent_session_id"))
@@ -101,7 +102,7 @@ async def invocation_create(request: HttpRequest) -> HttpResponse:
 
 async def _invoke(
     request: HttpRequest, caller: ApiCaller, invocation_id: str, session: str
-) -> HttpResponse:
+) -> HttpResponseBase:
     if len(request.body) > turns.INLINE_BODY_BYTES:
         body = await asyncio.to_thread(parse_invocation, request.body)
     else:
@@ -126,7 +127,7 @@ async def _invoke(
     return JsonResponse(answer(run))
 
 
-def _event_stream(batches: AsyncIterator[list[dict]]) -> StreamingHttpResponse:
+def _event_stream(batches: AsyncGenerator[list[dict], None]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(
         sse_stream(batches, encode=sse), content_type="text/event-stream; charset=utf-8"
     )
@@ -135,7 +136,7 @@ def _event_stream(batches: AsyncIterator[list[dict]]) -> StreamingHttpResponse:
     return response
 
 
-async def _after_the_turn_before(request: ChannelRequest) -> AsyncIterator[list[dict]]:
+async def _after_the_turn_before(request: ChannelRequest) -> AsyncGenerator[list[dict], None]:
     """A streamed turn in a session another turn is in: the stream begins at once (its headers,
     then keep-alives) and the turn waits inside it, as in Microsoft's host; a session still busy
     when a turn may take no longer ends the stream with Microsoft's conflict frame."""
@@ -164,7 +165,7 @@ async def _invocation(caller: ApiCaller, invocation_id: str) -> Run:
 
 
 @api_endpoint("GET")
-async def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpResponse:
+async def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpResponseBase:
     """A long-running (or any stored) invocation's status, and its output once it has one."""
     caller = await authenticate(request.headers)
     try:
@@ -175,7 +176,7 @@ async def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpRes
 
 
 @api_endpoint("POST")
-async def invocation_cancel(request: HttpRequest, invocation_id: str) -> HttpResponse:
+async def invocation_cancel(request: HttpRequest, invocation_id: str) -> HttpResponseBase:
     caller = await authenticate(request.headers)
     try:
         response = JsonResponse(await _cancel(caller, invocation_id))
@@ -204,7 +205,7 @@ async def _cancel(caller: ApiCaller, invocation_id: str) -> dict:
     return body
 
 
-def _naming(response: HttpResponse, invocation_id: str) -> HttpResponse:
+def _naming(response: HttpResponse, invocation_id: str) -> HttpResponseBase:
     """Every answer about an invocation names it, as Microsoft's host does (a valid id)."""
     if valid_id(invocation_id):
         response[INVOCATION_ID] = invocation_id

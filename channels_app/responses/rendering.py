@@ -46,7 +46,7 @@ _response_items = TypeAdapter(list[ResponseItem])
 
 @functools.cache
 def _type_of(model: type[BaseModel]) -> str:
-    return model.model_fields["type"].annotation.__args__[0]
+    return model.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
 
 
 _OUTPUT_ITEM_TYPES = {_type_of(model): model for model in get_args(get_args(ResponseOutputItem)[0])}
@@ -91,34 +91,42 @@ def _response(
         usage, error, finish_reason = result.usage, result.error, result.finish_reason
         completed_at = time.time()
     attributes = run.attributes
-    return Response(
-        id=response_id(run.public_id),
-        object="response",
-        created_at=int(run.created_at.timestamp()),
-        completed_at=int(completed_at) if completed_at and status == Run.Status.COMPLETED else None,
-        status=status,
-        background=run.is_background,
-        model=run.model or "afhost",
-        instructions=run.instructions or None,
-        metadata=run.metadata,
-        output=[_output_item(item) for item in (run.output_items if output is None else output)],
-        parallel_tool_calls=False,
-        tool_choice="auto",
-        tools=[],
-        temperature=run.options.get("temperature"),
-        top_p=run.options.get("top_p"),
-        max_output_tokens=run.options.get("max_tokens"),
-        previous_response_id=attributes.get("previous_response_id"),
-        conversation={"id": attributes["conversation"]} if attributes.get("conversation") else None,
-        user=attributes.get("user"),
-        safety_identifier=attributes.get("safety_identifier"),
-        store=run.is_stored,
-        truncation=run.truncation,
-        usage=_usage(usage) if usage and status in Run.TERMINAL_STATUSES else None,
-        error=error if status == Run.Status.FAILED else None,
-        incomplete_details={"reason": finish_reason}
-        if status == Run.Status.INCOMPLETE and finish_reason
-        else None,
+    return Response.model_validate(
+        {
+            "id": response_id(run.public_id),
+            "object": "response",
+            "created_at": int(run.created_at.timestamp()),
+            "completed_at": int(completed_at)
+            if completed_at and status == Run.Status.COMPLETED
+            else None,
+            "status": status,
+            "background": run.is_background,
+            "model": run.model or "afhost",
+            "instructions": run.instructions or None,
+            "metadata": run.metadata,
+            "output": [
+                _output_item(item) for item in (run.output_items if output is None else output)
+            ],
+            "parallel_tool_calls": False,
+            "tool_choice": "auto",
+            "tools": [],
+            "temperature": run.options.get("temperature"),
+            "top_p": run.options.get("top_p"),
+            "max_output_tokens": run.options.get("max_tokens"),
+            "previous_response_id": attributes.get("previous_response_id"),
+            "conversation": {"id": attributes["conversation"]}
+            if attributes.get("conversation")
+            else None,
+            "user": attributes.get("user"),
+            "safety_identifier": attributes.get("safety_identifier"),
+            "store": run.is_stored,
+            "truncation": run.truncation,
+            "usage": _usage(usage) if usage and status in Run.TERMINAL_STATUSES else None,
+            "error": error if status == Run.Status.FAILED else None,
+            "incomplete_details": {"reason": finish_reason}
+            if status == Run.Status.INCOMPLETE and finish_reason
+            else None,
+        }
     )
 
 
@@ -426,7 +434,7 @@ class ResponsesRenderer:
         else:
             arguments = "".join(self._arguments)
             self._arguments.clear()
-            item = _function_call_item(item["id"], self._call, arguments, "completed")
+            item = _function_call_item(item["id"], self._call, arguments, "completed")  # type: ignore[arg-type]
             events = [
                 self._event(
                     ResponseFunctionCallArgumentsDoneEvent,

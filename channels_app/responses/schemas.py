@@ -23,7 +23,7 @@ from channels_app.exceptions import ApiError
 
 _RESPONSE_ID = re.compile(RESPONSE_ID_PREFIX + r"([0-9a-f]{32})")
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
-MAX_MODEL_LENGTH = Run._meta.get_field("model").max_length
+MAX_MODEL_LENGTH: int = Run._meta.get_field("model").max_length  # type: ignore[assignment]
 
 # Everything OpenAI's create accepts, and our extensions; what we honour or may safely ignore.
 EXTENSION_PARAMS = frozenset({"response_target"})

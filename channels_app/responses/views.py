@@ -4,9 +4,10 @@ stream), cancel, delete, input items."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from afhost import about, execution, selectors, services
 from afhost.db import in_thread
@@ -33,7 +34,7 @@ _CANCEL_REFUSALS = {
 }
 
 
-def _event_stream(batches: AsyncIterator[list[dict]]) -> StreamingHttpResponse:
+def _event_stream(batches: AsyncGenerator[list[dict], None]) -> StreamingHttpResponse:
     response = StreamingHttpResponse(sse_stream(batches), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -86,7 +87,7 @@ def _parse_create(body: bytes, caller: ApiCaller) -> tuple[CreateResponse, Chann
 
 
 @api_endpoint("POST")
-async def response_create(request: HttpRequest) -> HttpResponse:
+async def response_create(request: HttpRequest) -> HttpResponseBase:
     """Create a response: blocking (JSON), streamed (SSE), or queued for a worker (background)."""
     caller = await authenticate(request.headers)
     body = request.body
@@ -99,7 +100,7 @@ async def response_create(request: HttpRequest) -> HttpResponse:
         turn = await turns.start_turn(channel_request, large=large)
     except RunNotFound:
         raise not_found(
-            "Previous response", params.previous_response_id, param="previous_response_id"
+            "Previous response", params.previous_response_id or "", param="previous_response_id"
         ) from None
     except InvalidRunState:
         raise ApiError(
@@ -144,7 +145,7 @@ async def _visible_run(caller: ApiCaller, response_id: str) -> Run:
 
 
 @api_endpoint("GET", "DELETE")
-async def response_detail(request: HttpRequest, response_id: str) -> HttpResponse:
+async def response_detail(request: HttpRequest, response_id: str) -> HttpResponseBase:
     caller = await authenticate(request.headers)
     run = await _visible_run(caller, response_id)
     if request.method == "DELETE":
@@ -181,7 +182,7 @@ async def response_detail(request: HttpRequest, response_id: str) -> HttpRespons
 
 
 @api_endpoint("POST")
-async def response_cancel(request: HttpRequest, response_id: str) -> HttpResponse:
+async def response_cancel(request: HttpRequest, response_id: str) -> HttpResponseBase:
     caller = await authenticate(request.headers)
     run = await _visible_run(caller, response_id)
     try:
@@ -196,7 +197,7 @@ async def response_cancel(request: HttpRequest, response_id: str) -> HttpRespons
 
 
 @api_endpoint("GET")
-async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponse:
+async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponseBase:
     caller = await authenticate(request.headers)
     run = await _visible_run(caller, response_id)
     order = request.GET.get("order", "desc")
@@ -254,7 +255,7 @@ def _model_object() -> dict:
 
 
 @api_endpoint("GET")
-async def model_list(request: HttpRequest) -> HttpResponse:
+async def model_list(request: HttpRequest) -> HttpResponseBase:
     """The one model this server answers as: the hosted agent (any `model` a create names is
     answered by it)."""
     await authenticate(request.headers)
@@ -262,7 +263,7 @@ async def model_list(request: HttpRequest) -> HttpResponse:
 
 
 @api_endpoint("GET")
-async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
+async def model_detail(request: HttpRequest, model_id: str) -> HttpResponseBase:
     await authenticate(request.headers)
     model = _model_object()
     if model_id != model["id"]:

@@ -8,7 +8,7 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-from afhost.models import LeasedModel, TimestampedModel
+from afhost.models import LeasedModel, TimestampedModel, alters_data
 
 
 class TelegramChat(TimestampedModel, LeasedModel):
@@ -25,13 +25,12 @@ class TelegramChat(TimestampedModel, LeasedModel):
     def __str__(self) -> str:
         return self.title or f"{self.kind} chat {self.chat_id}"
 
+    @alters_data
     def mark_blocked(self, reason: str) -> None:
         now = timezone.now()
         fields = {"blocked_at": now, "blocked_reason": reason[:300], "updated_at": now}
         TelegramChat.objects.filter(pk=self.pk).update(**fields)
         self.blocked_at, self.blocked_reason = now, reason[:300]
-
-    mark_blocked.alters_data = True
 
 
 class TelegramChatMember(TimestampedModel):
@@ -115,6 +114,7 @@ class TelegramUpdate(TimestampedModel):
         }
         return [*self.attempt_history, entry][-self.HISTORY_LIMIT :]
 
+    @alters_data
     def finish(self, *, status: str, error: str = "", sent_parts: int | None = None) -> None:
         now = timezone.now()
         fields = {
@@ -130,8 +130,7 @@ class TelegramUpdate(TimestampedModel):
         for name, value in fields.items():
             setattr(self, name, value)
 
-    finish.alters_data = True
-
+    @alters_data
     def record_failure(self, error: str) -> None:
         """Count a failed attempt: retry later with backoff, or give up after MAX_ATTEMPTS."""
         attempts = self.attempts + 1
@@ -151,8 +150,7 @@ class TelegramUpdate(TimestampedModel):
         for name, value in fields.items():
             setattr(self, name, value)
 
-    record_failure.alters_data = True
-
+    @alters_data
     def record_interruption(self) -> bool:
         """Count an attempt whose worker died mid-turn; False if that used up the attempts."""
         now = timezone.now()
@@ -169,8 +167,7 @@ class TelegramUpdate(TimestampedModel):
         )
         return self.attempts < self.MAX_ATTEMPTS
 
-    record_interruption.alters_data = True
-
+    @alters_data
     def mark_counted(self) -> bool:
         """Note that its author's message was counted in the chat's members; False if an
         earlier attempt at this update counted it already."""
@@ -183,8 +180,7 @@ class TelegramUpdate(TimestampedModel):
         self.counted_at = now
         return bool(counted)
 
-    mark_counted.alters_data = True
-
+    @alters_data
     def requeue(self, *, keep_run: bool) -> None:
         """Queue the update for new attempts (an operator's re-process); its attempt history
         stays. Without `keep_run`, its agent run is forgotten and the agent answers afresh."""
@@ -200,5 +196,3 @@ class TelegramUpdate(TimestampedModel):
         TelegramUpdate.objects.filter(pk=self.pk).update(**fields)
         for name, value in fields.items():
             setattr(self, name, value)
-
-    requeue.alters_data = True

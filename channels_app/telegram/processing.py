@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from telegram import Bot, LinkPreviewOptions, ReplyParameters, Update
+from telegram import Bot, LinkPreviewOptions, ReplyParameters, Update, User
 from telegram import Message as TgMessage
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import (
@@ -220,8 +220,15 @@ def conversation_of(message: TgMessage, *, user_key: str, scope: str) -> tuple[s
     return user_key, locator
 
 
+def _sender(message: TgMessage) -> User:
+    """The person who sent the message (handle_update answers only messages from a person)."""
+    if message.from_user is None:
+        raise ValueError("a message from no one")
+    return message.from_user
+
+
 def _author(message: TgMessage) -> ChannelIdentity:
-    return ChannelIdentity(channel=CHANNEL, native_id=str(message.from_user.id))
+    return ChannelIdentity(channel=CHANNEL, native_id=str(_sender(message).id))
 
 
 def _count_member(chat: TelegramChat, identity: Identity) -> None:
@@ -249,7 +256,7 @@ def _record_member(identity: Identity, update: TelegramUpdate) -> None:
     """Count a message that starts no agent turn (a command, a refusal), on its first attempt.
     A turn's message is counted with its run, in the transaction that stores it (_link_run)."""
     if update.mark_counted():
-        _count_member(update.chat, identity)
+        _count_member(update.chat, identity)  # type: ignore[arg-type]  # queued in its chat
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +281,7 @@ def _take_in(bot: Bot, update: TelegramUpdate, message: TgMessage) -> Intake | N
     )
     if plan is None:
         return None
-    user = message.from_user
+    user = _sender(message)
     profile = turns.Profile(display_name=user.full_name, username=user.username or "")
     if isinstance(plan, Command):
         identity, outcome = turns.identify(_author(message), profile=profile), None
@@ -356,7 +363,7 @@ def _link_run(update: TelegramUpdate, identity: Identity) -> Callable[[Run], Non
         now = timezone.now()
         fields = {"run": run, "updated_at": now}
         if update.counted_at is None:  # read under the chat's lease
-            _count_member(update.chat, identity)
+            _count_member(update.chat, identity)  # type: ignore[arg-type]  # queued in its chat
             fields["counted_at"] = now
         TelegramUpdate.objects.filter(pk=update.pk).update(**fields)
         update.run = run
@@ -371,7 +378,7 @@ async def _answer_with_agent(
     run = None if update.run_id is None else await db_call(lambda: update.run)()
     if run is None:
         media, note = await _media(bot, message)
-        text = " ".join(part for part in (intake.plan.text, note) if part)
+        text = " ".join(part for part in (intake.plan.text, note) if part)  # type: ignore[union-attr]
         if not text and not media:
             return None
         author = _author(message)
@@ -397,9 +404,10 @@ async def _answer_with_agent(
         if not await db_call(update.record_interruption)():
             await db_call(services.fail_lost_run)(run=run)  # died too often: visibly failed
             return FAILED_ANSWER
-        started = await execution.wait_for_turn(lambda: services.resume_run(run=run))
-        if started is None:
+        resumed = await execution.wait_for_turn(functools.partial(services.resume_run, run=run))
+        if resumed is None:
             raise TurnInterrupted(f"run {run.public_id} is still held by another worker")
+        started = resumed
     async with _typing(bot, target):
         run = await execution.run_blocking(started)
     return _reply_text(run)
@@ -408,7 +416,7 @@ async def _answer_with_agent(
 async def _command_reply(
     command: Command, message: TgMessage, identity: Identity, listening: Listening, bot: Bot
 ) -> str:
-    user = message.from_user
+    user = _sender(message)
     if command.name == "start" and command.args == "link":  # t.me/<bot>?start=link
         return await _link_reply(message, identity, bot)
     if command.name == "start":
@@ -456,7 +464,7 @@ async def _link_reply(message: TgMessage, identity: Identity, bot: Bot) -> str:
 
 def _whoami(message: TgMessage, identity: Identity) -> str:
     """Who the bot takes the person for; the link's details only in a private chat."""
-    user = message.from_user
+    user = _sender(message)
     handle = f" (@{user.username})" if user.username else ""
     lines = [f"You are {user.full_name}{handle}, Telegram user {user.id}."]
     if not linking.linking_enabled():
@@ -502,6 +510,7 @@ async def _send_part(
         if first and target.reply_to
         else None
     )
+    parse_mode: ParseMode | None
     text, parse_mode = part.html, ParseMode.HTML
     for attempt in range(SEND_ATTEMPTS):
         try:
@@ -586,11 +595,11 @@ async def handle_update(bot: Bot, update: TelegramUpdate) -> tuple[str, str]:
     target = ReplyTarget(
         message.chat.id, thread_id, None if message.chat.type == "private" else message.message_id
     )
-    note = ""
+    note, text = "", None
     if isinstance(plan, Command):
         text = await _command_reply(plan, message, identity, intake.listening, bot)
     elif not isinstance(outcome, linking.Allowed):
-        text, note = _refusal(outcome, message), f"refused: {outcome.reason}"
+        text, note = _refusal(outcome, message), f"refused: {outcome.reason}"  # type: ignore[arg-type,union-attr]
     else:
         text = await _answer_with_agent(bot, update, message, intake, target)
         if text is None:
@@ -598,7 +607,7 @@ async def handle_update(bot: Bot, update: TelegramUpdate) -> tuple[str, str]:
     try:
         await _send_reply(bot, update, target, text, previews=not isinstance(plan, Command))
     except BotBlocked as exc:
-        await db_call(update.chat.mark_blocked)(exc.args[0])
+        await db_call(update.chat.mark_blocked)(exc.args[0])  # type: ignore[union-attr]
         if message.chat.type == "private":
             await db_call(identity.mark_unreachable)(exc.args[0])
         return TelegramUpdate.Status.FAILED, f"Telegram refused delivery: {exc.args[0]}"

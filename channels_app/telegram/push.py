@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from telegram import Bot
@@ -38,7 +39,7 @@ def _seconds(value: int | timedelta) -> float:
 
 
 async def _send(bot: Bot, locator: dict, part: OutgoingText) -> None:
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "message_thread_id": locator.get("thread_id"),
         "link_preview_options": NO_PREVIEW,
     }

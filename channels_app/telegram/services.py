@@ -103,7 +103,7 @@ def receive_update(*, payload: dict[str, Any]) -> TelegramUpdate | None:
     duplicate's insert fails on update_id, Telegram resending one we have), and, on the database
     broker, the chat's task.
     """
-    update_id = payload.get("update_id")
+    update_id: Any = payload.get("update_id")
     if not _is_integer(update_id):
         raise InvalidUpdate("an update needs an integer update_id")
     if update_id not in _BIGINT:
@@ -170,7 +170,7 @@ def reprocess_updates(*, updates: Iterable[TelegramUpdate]) -> list[TelegramUpda
     for update in candidates:
         with transaction.atomic():
             update.requeue(keep_run=update.run_id not in failed_runs)
-            enqueue_chat(chat=update.chat)
+            enqueue_chat(chat=update.chat)  # type: ignore[arg-type]  # candidates have a chat
     return candidates
 
 

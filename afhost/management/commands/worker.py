@@ -40,10 +40,10 @@ class Command(BaseCommand):
         cluster.start()
         while cluster.sentinel.is_alive():
             try:
-                signum = received.get(timeout=0.5)
+                number = received.get(timeout=0.5)
             except queue.Empty:
                 continue
-            logger.info("worker: %s received, stopping", signal.Signals(signum).name)
+            logger.info("worker: %s received, stopping", signal.Signals(number).name)
             break
         time.sleep(0.1)  # a signal to the whole group has ended the cluster's processes by now
         if cluster.sentinel.is_alive():

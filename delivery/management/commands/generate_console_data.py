@@ -243,7 +243,7 @@ def _insert(model: type[models.Model], columns: dict[str, str], source: str) -> 
 def _literal(value) -> str:
     """A value as an SQL literal (psycopg's own quoting), safe inside a statement that takes
     %(name)s parameters."""
-    return connection.ops.compose_sql("%s", [value]).replace("%", "%%")
+    return connection.ops.compose_sql("%s", [value]).replace("%", "%%")  # type: ignore[attr-defined]
 
 
 class Command(BaseCommand):
