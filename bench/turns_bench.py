@@ -54,8 +54,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -437,38 +435,86 @@ def output_text(body: dict) -> str:
     )
 
 
-def client(afhost: Afhost, connections: int, timeout: float) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{afhost.port}",
-        headers=afhost.headers,
-        timeout=timeout,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-    )
+class ClientError(Exception):
+    """A request that got no HTTP response (refused, reset, timed out)."""
 
 
-async def create(http: httpx.AsyncClient, turn: Turn, *, background: bool) -> httpx.Response | None:
-    """POST the turn's create; the response (None when the request itself failed)."""
+class Client:
+    """Keep-alive HTTP/1.1 connections to afhost, all opened before the first request.
+
+    Not httpx: httpcore walks its whole pool on every request and every response
+    (`_assign_requests_to_connections`), which with 200 connections made this process spend more
+    CPU than the server spent taking the creates, on the same two cores.
+    """
+
+    def __init__(self, afhost: Afhost, connections: int, timeout: float) -> None:
+        self.port, self.connections, self.timeout = afhost.port, connections, timeout
+        fields = {"Host": f"127.0.0.1:{afhost.port}", **afhost.headers}
+        self.fields = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+        # A connection, or None where one failed: the next request on it connects again.
+        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None]
+
+    async def __aenter__(self) -> Client:
+        self.idle = asyncio.Queue()
+        opened = await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", self.port) for _ in range(self.connections))
+        )
+        for stream in opened:
+            self.idle.put_nowait(stream)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        while not self.idle.empty():
+            if (stream := self.idle.get_nowait()) is not None:
+                stream[1].close()
+
+    async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        """(status, body) of one request on an idle connection."""
+        data = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"{method} {path} HTTP/1.1\r\n{self.fields}"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        stream = await self.idle.get()
+        try:
+            if stream is None:
+                stream = await asyncio.open_connection("127.0.0.1", self.port)
+            reader, writer = stream
+            writer.write(head.encode() + data)
+            status, raw, close = await asyncio.wait_for(tb.read_response(reader), self.timeout)
+        except (OSError, EOFError, ValueError, TimeoutError) as exc:
+            if stream is not None:
+                stream[1].close()
+            self.idle.put_nowait(None)
+            raise ClientError(f"{type(exc).__name__}: {exc}") from None
+        if close:
+            writer.close()
+        self.idle.put_nowait(None if close else stream)
+        return status, raw
+
+
+async def create(http: Client, turn: Turn, *, background: bool) -> None:
+    """POST the turn's create and read its answer."""
     body = {"model": "bench", "input": turn.text, **({"background": True} if background else {})}
     turn.sent_at, turn.sent_wall = time.monotonic(), time.time()
     try:
-        response = await http.post("/v1/responses", json=body)
-    except httpx.HTTPError as exc:
-        turn.error = f"{type(exc).__name__}: {exc}"
-        return None
+        status, raw = await http.request("POST", "/v1/responses", body)
+    except ClientError as exc:
+        turn.error = str(exc)
+        return
     turn.acked_at = time.monotonic()
     if not background:
         turn.done_at = turn.acked_at
-    read(turn, response)
-    return response
+    read(turn, status, raw)
 
 
-def read(turn: Turn, response: httpx.Response) -> None:
+def read(turn: Turn, status: int, raw: bytes) -> None:
     try:
-        body = response.json()
+        body = json.loads(raw)
     except ValueError:
         body = {}
-    if response.status_code != 200:
-        turn.error = f"HTTP {response.status_code}: {response.text[:200]}"
+    if status != 200:
+        turn.error = f"HTTP {status}: {raw[:200].decode(errors='replace')}"
         return
     turn.id, turn.status = body.get("id", turn.id), body.get("status", "")
     turn.answer = output_text(body)
@@ -476,18 +522,18 @@ def read(turn: Turn, response: httpx.Response) -> None:
         turn.error = str((body.get("error") or {}).get("message", "failed"))
 
 
-async def poll(http: httpx.AsyncClient, turns: list[Turn], deadline: float, every: float) -> None:
+async def poll(http: Client, turns: list[Turn], deadline: float, every: float) -> None:
     """GET the unfinished background runs, POLL_BATCH at a time in turn, until all are
     terminal (or the deadline)."""
 
     async def one(turn: Turn) -> None:
         try:
-            response = await http.get(f"/v1/responses/{turn.id}")
-        except httpx.HTTPError as exc:
-            turn.error = f"{type(exc).__name__}: {exc}"
+            status, raw = await http.request("GET", f"/v1/responses/{turn.id}")
+        except ClientError as exc:
+            turn.error = str(exc)
             return
         turn.error = ""
-        read(turn, response)
+        read(turn, status, raw)
         if turn.status in TERMINAL:
             turn.done_at = time.monotonic()
 
@@ -503,7 +549,7 @@ async def poll(http: httpx.AsyncClient, turns: list[Turn], deadline: float, ever
 
 def fire_foreground(afhost: Afhost, turns: list[Turn], timeout: float) -> None:
     async def go() -> None:
-        async with client(afhost, len(turns), timeout) as http:
+        async with Client(afhost, len(turns), timeout) as http:
             await asyncio.gather(*(create(http, t, background=False) for t in turns))
 
     asyncio.run(go())
@@ -511,7 +557,7 @@ def fire_foreground(afhost: Afhost, turns: list[Turn], timeout: float) -> None:
 
 def fire_background(afhost: Afhost, turns: list[Turn], timeout: float, every: float) -> None:
     async def go() -> None:
-        async with client(afhost, len(turns), 30) as http:
+        async with Client(afhost, len(turns), 30) as http:
             await asyncio.gather(*(create(http, t, background=True) for t in turns))
             await poll(http, turns, time.monotonic() + timeout, every)
 
@@ -788,7 +834,7 @@ def kill_scenario(args, workdir: Path, fake: FakeTelegramApi) -> KillResult:
     async def fire() -> None:
         # One after the other, alternating kinds: the task queue holds both kinds in turn, so
         # even workers that take one turn at a time are killed in the middle of both kinds.
-        async with client(afhost, 1, 30) as http:
+        async with Client(afhost, 1, 30) as http:
             for sample, turn in zip(samples, turns, strict=True):
                 await tb._post_all(afhost.port, [sample], 1)
                 await create(http, turn, background=True)
@@ -830,7 +876,7 @@ def kill_scenario(args, workdir: Path, fake: FakeTelegramApi) -> KillResult:
     )
 
     async def wait_background() -> None:
-        async with client(afhost, POLL_BATCH, 30) as http:
+        async with Client(afhost, POLL_BATCH, 30) as http:
             await poll(http, turns, restarted + args.recovery_timeout, 0.5)
 
     deadline = restarted + args.recovery_timeout
