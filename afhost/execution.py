@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from agent_framework import AgentResponseUpdate, Message
@@ -202,26 +202,52 @@ async def run_background(run_id: int) -> None:
 
 
 async def drive_background_run(started: StartedRun) -> None:
-    """Run a claimed background run, storing its events if it was streamed.
+    """Run a claimed background run: a streamed one storing its events as they come, any other
+    as a blocking run is (no events rendered or stored).
 
     A cancel (seen by CancelWatch's polling) stops the target at once.
     """
     run = started.run
-    # Only a streamed run stores its events (numbered on from those it stored before).
-    sequence = await db_call(next_event_sequence)(run=run) if run.is_streamed else 0
+    work = _stream_and_store(started) if run.is_streamed else _run_and_render(started)
+    outcome = await _unless_cancelled(run, work)
+    if outcome is None:
+        logger.info("run %s was cancelled while running", run.public_id)
+        await db_call(services.end_cancelled_run)(started=started)
+        return
+    result, output_items, events = outcome
+    await db_call(services.finish_run)(
+        started=started, result=result, output_items=output_items, events=events
+    )
+
+
+Outcome = tuple[HostedRunResult, list[dict], list[dict]]
+
+
+async def _run_and_render(started: StartedRun) -> Outcome:
+    result = await invoke(run=started.run, messages=started.messages)
+    services.assign_message_ids(result.messages)
+    return result, get_channel(started.run.channel).render_output(result), []
+
+
+async def _stream_and_store(started: StartedRun) -> Outcome:
+    """Stream the run, storing its events (numbered on from those it stored before)."""
+    run = started.run
+    sequence = await db_call(next_event_sequence)(run=run)
     renderer = get_streaming_channel(run.channel).renderer(run, next_sequence=sequence)
     save = db_call(services.record_events)
-    if run.is_streamed:
-        await save(run=run, events=renderer.resume())
+    await save(run=run, events=renderer.resume())
     stream = TargetStream(run=run, messages=started.messages)
+    async for update in stream:
+        if events := renderer.update(update):
+            await save(run=run, events=events)
+    result = stream.result
+    events = renderer.finish(result)  # type: ignore[arg-type]  # set once iterated
+    return result, renderer.output_items, events  # type: ignore[return-value]
 
-    async def consume() -> None:
-        async for update in stream:
-            events = renderer.update(update)
-            if run.is_streamed and events:
-                await save(run=run, events=events)
 
-    task = asyncio.ensure_future(consume())
+async def _unless_cancelled(run: Run, work: Coroutine[Any, Any, T]) -> T | None:
+    """What `work` returns, or None if the run's client cancelled it first (it is stopped)."""
+    task = asyncio.ensure_future(work)
     cancelled = asyncio.ensure_future(_cancels().wait(run.pk))
     try:
         await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
@@ -231,18 +257,7 @@ async def drive_background_run(started: StartedRun) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    if task.cancelled():
-        logger.info("run %s was cancelled while running", run.public_id)
-        await db_call(services.end_cancelled_run)(started=started)
-        return
-    task.result()
-    events = renderer.finish(stream.result)  # type: ignore[arg-type]  # set once iterated
-    await db_call(services.finish_run)(
-        started=started,
-        result=stream.result,
-        output_items=renderer.output_items,
-        events=events if run.is_streamed else [],
-    )
+    return None if task.cancelled() else task.result()
 
 
 class CancelWatch:

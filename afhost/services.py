@@ -114,12 +114,23 @@ def _continuation(request: ChannelRequest) -> _Continuation:
 
 
 _CONVERSATION_FIELDS = tuple(field.name for field in Conversation._meta.concrete_fields)
+_RUN_FIELDS = tuple(field.name for field in Run._meta.concrete_fields)
 
 
 def _with_head(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
     """Conversations read with their head run's id as a Run (its messages are read with the
     history, within its budget)."""
     return conversations.select_related("head_run").only(*_CONVERSATION_FIELDS, "head_run__id")
+
+
+def _with_continuation(runs: QuerySet[Run]) -> QuerySet[Run]:
+    """Runs read with their conversation and their previous run's id as a Run (what a queued
+    run continues)."""
+    return runs.select_related("conversation", "previous_run").only(
+        *_RUN_FIELDS,
+        *(f"conversation__{name}" for name in _CONVERSATION_FIELDS),
+        "previous_run__id",
+    )
 
 
 def _new_conversation(**lookup: str) -> _Continuation:
@@ -262,8 +273,11 @@ def begin_background_run(*, run_id: int) -> StartedRun | None:
     """Start a queued background run in this worker: take its conversation's lease, then the
     run's own. None if there is nothing to do (gone, cancelled, or running elsewhere); raises
     ConversationBusy while another turn is in its conversation."""
-    run = Run.objects.filter(pk=run_id).select_related("conversation", "previous_run").first()
-    if run is None or run.status != Run.Status.QUEUED:
+    try:
+        run = _with_continuation(Run.objects.filter(pk=run_id)).get()
+    except Run.DoesNotExist:
+        return None
+    if run.status != Run.Status.QUEUED:
         return None
     continuation = _Continuation(previous=run.previous_run)
     if run.conversation is not None:
@@ -280,7 +294,13 @@ def begin_background_run(*, run_id: int) -> StartedRun | None:
     if not run_lease:
         release_conversation(conversation=run.conversation, lease=continuation.lease)
         return None
-    run.refresh_from_db()
+    # As the UPDATE left it (within its clock's microseconds), without reading the row again.
+    run.status, run.started_at, run.previous_run = (
+        Run.Status.IN_PROGRESS,
+        now,
+        continuation.previous,
+    )
+    run.lease_owner, run.lease_expires_at = run_lease, now + lease_duration()
     return _started_or_failed(run, continuation)
 
 

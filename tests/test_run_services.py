@@ -142,6 +142,45 @@ def test_a_streamed_background_run_stores_every_event_in_order(queued_run):
     assert events[-1]["type"] == "response.completed"
 
 
+def test_a_worker_starts_a_queued_run_in_three_statements_and_holds_it_as_stored(
+    queued_run, django_assert_num_queries
+):
+    # given
+    earlier = queued_run("first")
+    tasks.execute_run(earlier.pk)
+    run = queued_run("second", previous_run_id=earlier.public_id)
+
+    # when: the run read with what it continues, leased, and its history read
+    with django_assert_num_queries(3):
+        started = services.begin_background_run(run_id=run.pk)
+
+    # then: what the worker holds is the stored row
+    started.let_go()
+    stored = Run.objects.get(pk=run.pk)
+    held = started.run
+    assert (held.status, held.started_at, held.lease_owner, held.previous_run_id) == (
+        stored.status,
+        stored.started_at,
+        stored.lease_owner,
+        earlier.pk,
+    )
+    assert stored.status == Run.Status.IN_PROGRESS
+
+
+def test_a_background_run_not_streamed_stores_no_events(queued_run):
+    # given
+    run = queued_run("no stream")
+
+    # when
+    tasks.execute_run(run.pk)
+
+    # then: answered, with nothing rendered for a stream nobody reads
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED
+    assert run.output_items[0]["content"][0]["text"].startswith('You said: "no stream".')
+    assert not RunEvent.objects.filter(run=run).exists()
+
+
 @pytest.mark.parametrize("status", [Run.Status.COMPLETED, Run.Status.CANCELLED, Run.Status.FAILED])
 def test_the_task_leaves_a_run_that_is_no_longer_queued_alone(queued_run, status):
     # given
