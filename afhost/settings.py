@@ -266,7 +266,7 @@ AFHOST_LEASE_SECONDS = env_float("AFHOST_LEASE_SECONDS", 30, minimum=1)
 # worker then wakes the moment a task is queued, not at its next poll). Either way the queue
 # only carries ids: the rows are the truth, and the sweepers queue again what a dead worker lost.
 AFHOST_REDIS_URL = env_str("AFHOST_REDIS_URL")
-_BROKER: dict = {"orm": "default"}
+_BROKER: dict = {"orm": "default", "broker_class": "afhost.queueing.DatabaseBroker"}
 if AFHOST_REDIS_URL:
     if not AFHOST_REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured("AFHOST_REDIS_URL must be a redis://, rediss:// or unix:// URL.")
