@@ -257,7 +257,7 @@ AFHOST_MAX_INPUT_ITEMS = env_int("AFHOST_MAX_INPUT_ITEMS", 2048, minimum=1)
 AFHOST_MAX_HISTORY_BYTES = env_int("AFHOST_MAX_HISTORY_BYTES", 16 * 1024 * 1024, minimum=1024)
 # Turns one worker process runs at once. A turn mostly awaits its model and holds no thread and
 # no database connection meanwhile, so this is sized for waiting, not for cores.
-AFHOST_WORKER_CONCURRENCY = env_int("AFHOST_WORKER_CONCURRENCY", 100, minimum=1)
+AFHOST_WORKER_CONCURRENCY = env_int("AFHOST_WORKER_CONCURRENCY", 250, minimum=1)
 # A process renews the leases on the runs, conversations and chats it works on every third of
 # this; the work of a process that died is taken over by another once its leases run out.
 AFHOST_LEASE_SECONDS = env_float("AFHOST_LEASE_SECONDS", 30, minimum=1)

@@ -1085,8 +1085,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=100,
-        help="AFHOST_WORKER_CONCURRENCY, jobs per worker process (default 100, the default)",
+        default=250,
+        help="AFHOST_WORKER_CONCURRENCY, jobs per worker process (default 250, the default)",
     )
     parser.add_argument(
         "--timeout", type=float, default=180, help="seconds to wait for one case's pushes"
