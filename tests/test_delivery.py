@@ -16,10 +16,10 @@ from django.test import Client
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from telegram import Bot
-from telegram.request import HTTPXRequest
 
 from afhost.models import Run
 from channels_app.telegram.rendering import render_reply
+from channels_app.telegram.transport import AiohttpRequest
 from delivery.models import DeliveryAttempt, DeliveryTask
 from delivery.services import (
     INTERRUPTED,
@@ -604,7 +604,7 @@ def impatient_bot(settings):
         bot = Bot(
             settings.TELEGRAM_BOT_TOKEN,
             base_url=settings.TELEGRAM_API_BASE_URL,
-            request=HTTPXRequest(read_timeout=0.2),
+            request=AiohttpRequest(connections=1, read=0.2),
         )
         try:
             yield bot

@@ -6,14 +6,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
-import certifi
 from agent_framework import Content, Message
 from django.conf import settings
 from django.db import transaction
@@ -30,7 +27,6 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.request import HTTPXRequest
 
 from afhost import execution, services
 from afhost.db import db_call
@@ -42,6 +38,7 @@ from channels_app import turns
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
 from channels_app.telegram.rendering import OutgoingText, render_reply
 from channels_app.telegram.selectors import head_is_due, next_update
+from channels_app.telegram.transport import AiohttpRequest
 from linking import services as linking
 from linking.models import ChannelPolicy, Identity, LinkChallenge
 
@@ -111,38 +108,14 @@ class Listening:
         )
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    # Built once per process: loading the CA bundle for every Bot costs ~40 ms of CPU.
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-class GatedRequest(HTTPXRequest):
-    """python-telegram-bot's HTTPX requests, at most as many in flight as the pool has
-    connections. The others wait here, where waiting costs nothing: in httpx's pool every waiting
-    request is looked at again, with every connection, whenever a request is queued or a
-    connection freed (CPU that grows with the queue), and gives up after the pool timeout."""
-
-    def __init__(self, *, connection_pool_size: int, **kwargs: Any) -> None:
-        super().__init__(connection_pool_size=connection_pool_size, **kwargs)
-        self._gate = asyncio.Semaphore(connection_pool_size)
-
-    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
-        async with self._gate:
-            return await super().do_request(*args, **kwargs)
-
-
 def make_bot(*, connections: int = 4) -> Bot:
-    def http(pool_size: int) -> HTTPXRequest:
-        return GatedRequest(connection_pool_size=pool_size, httpx_kwargs={"verify": _tls_context()})
-
     return Bot(
         settings.TELEGRAM_BOT_TOKEN,
         base_url=settings.TELEGRAM_API_BASE_URL,
         base_file_url=settings.TELEGRAM_API_FILE_URL,
         # By default, room for the typing indicator next to a send or a download.
-        request=http(connections),
-        get_updates_request=http(1),
+        request=AiohttpRequest(connections=connections),
+        get_updates_request=AiohttpRequest(connections=1),
     )
 
 

@@ -12,7 +12,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-import httpx
 from telegram import Bot
 from telegram.constants import ParseMode
 from telegram.error import (
@@ -30,6 +29,7 @@ from afhost.exceptions import PushError
 from afhost.registry import PushProgress
 from channels_app.telegram.processing import NO_PREVIEW, job_bot
 from channels_app.telegram.rendering import OutgoingText, render_reply
+from channels_app.telegram.transport import AnswerTimedOut
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +72,14 @@ async def push(locator: dict, text: str, *, progress: PushProgress) -> None:
             ) from exc
         except InvalidToken as exc:
             raise PushError(f"Telegram refused the bot token: {exc}", permanent=True) from exc
-        except TimedOut as exc:
-            if not isinstance(exc.__cause__, httpx.ReadTimeout):  # not sent: try again
-                raise PushError(f"Telegram unreachable: TimedOut: {exc}") from exc
+        except AnswerTimedOut as exc:
             raise PushError(
                 "Telegram did not answer in time: the message may have arrived, so it was not "
                 "sent again. Retry it if the person did not get it.",
                 permanent=True,
             ) from exc
+        except TimedOut as exc:  # not sent: try again
+            raise PushError(f"Telegram unreachable: TimedOut: {exc}") from exc
         except BadRequest as exc:  # chat not found, and every other 400
             raise PushError(
                 f"Telegram rejected the message: {exc.message}", permanent=True
