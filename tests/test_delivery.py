@@ -609,7 +609,7 @@ def impatient_bot(settings):
         try:
             yield bot
         finally:
-            await bot.shutdown()
+            await bot.request.shutdown()
 
     with mock.patch("channels_app.telegram.push.job_bot", job_bot):
         yield

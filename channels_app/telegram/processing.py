@@ -141,6 +141,7 @@ async def job_bot() -> AsyncIterator[Bot]:
         yield bot
     finally:
         await bot.shutdown()
+        await bot.request.shutdown()  # also when the bot never initialized (PTB then skips it)
 
 
 def plan_message(
