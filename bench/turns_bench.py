@@ -251,6 +251,19 @@ class Db:
             for update_id, status, attempts, last_error, updated_at in rows
         }
 
+    def stage_times(self, update_ids: list[int], since: float) -> dict[str, list[float]]:
+        """Seconds from `since` (epoch) to each update's storing, its run's start and end."""
+        marks = ",".join(["%s"] * len(update_ids))
+        joined = "channels_app_telegramupdate u JOIN afhost_run r ON r.id = u.run_id"
+        columns = "u.created_at, r.started_at, r.completed_at"
+        sql = f"SELECT {columns} FROM {joined} WHERE u.update_id IN ({marks})"  # noqa: S608
+        stages: dict[str, list[float]] = {"stored": [], "run started": [], "run completed": []}
+        for row in self.rows(sql, update_ids):
+            for times, value in zip(stages.values(), row, strict=True):
+                if (at := epoch(value)) is not None:
+                    times.append(at - since)
+        return stages
+
     def task_failures(self) -> int:
         return self.rows("SELECT COUNT(*) FROM django_q_task WHERE success = %s", [False])[0][0]
 
@@ -258,6 +271,12 @@ class Db:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """p50, p90 and max."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.9)], ordered[-1]
 
 
 def epoch(value) -> float | None:
@@ -597,6 +616,8 @@ class PathResult:
     duplicated: int = 0  # telegram: answered more than once
     unmatched: int = 0  # telegram: answers that match no update
     sent_in: float = 0.0  # first request sent -> last acknowledged (creates / webhook posts)
+    # telegram: seconds from the first post to each stage of the turns, (p50, p90, max) each
+    stages: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     worker: TreeMemory = field(default_factory=TreeMemory)  # peaks during this path
     server: TreeMemory = field(default_factory=TreeMemory)
@@ -652,6 +673,12 @@ def measure_path(path: str, n: int, afhost: Afhost, updates: Updates, db: Db, ar
         result.duplicated = sum(1 for s in samples if len(s.answers) > 1)
         result.unmatched = len(updates.unmatched)
         result.errors = [f"update {s.update_id}: {s.status} {s.error}" for s in samples if s.error]
+        # The database's clock is the wall clock; the samples' is the monotonic one.
+        since = db.stage_times(
+            [s.update_id for s in samples], first + time.time() - time.monotonic()
+        )
+        since["answered"] = [s.answers[0] - first for s in answered]
+        result.stages = {name: spread(times) for name, times in since.items() if times}
         return result
     turns = [Turn(f"bench {path} n{n} #{i}") for i in range(n)]
     if path == "foreground":
@@ -737,6 +764,12 @@ def report_parallelism(results: list[PathResult], extra: dict, args) -> None:
             f"{mib(r.worker.rss_kib):>12}  {mib(r.worker.pss_kib):>5}  "
             f"{mib(r.server.rss_kib):>10}"
         )
+    for r in results:
+        if r.stages:
+            stages = ", ".join(
+                f"{name} {'/'.join(f'{v:.2f}' for v in at)}" for name, at in r.stages.items()
+            )
+            print(f"  {r.path} N={r.n}, s after the first post (p50/p90/max): {stages}")
     for r in results:
         for error in r.errors[:3]:
             print(f"  {r.path} N={r.n}: {error}")

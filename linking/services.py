@@ -76,13 +76,9 @@ def touch_identity(
         "unreachable_at": None,
         "unreachable_reason": "",
     }
-    row = Identity.objects.filter(**lookup).first()
-    if row is None:
-        row, created = Identity.objects.get_or_create(
-            **lookup, defaults={**known, "last_seen_at": now}
-        )
-        if created:
-            return row
+    row, created = Identity.objects.get_or_create(**lookup, defaults={**known, "last_seen_at": now})
+    if created:
+        return row
     unchanged = all(getattr(row, name) == value for name, value in known.items())
     if unchanged and row.last_seen_at and row.last_seen_at > now - LAST_SEEN_PRECISION:
         return row

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from agent_framework import Content, Message
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from telegram import Bot, LinkPreviewOptions, ReplyParameters, Update, User
@@ -208,17 +208,16 @@ def _author(message: TgMessage) -> ChannelIdentity:
 def _count_member(chat: TelegramChat, identity: Identity) -> None:
     """Count a message of `identity` in the chat's members; the chat is reachable again."""
     now = timezone.now()
-    counted = TelegramChatMember.objects.filter(chat=chat, identity=identity).update(
-        message_count=F("message_count") + 1, last_message_at=now, updated_at=now
-    )
-    if not counted:  # their first message here
-        member, created = TelegramChatMember.objects.get_or_create(
-            chat=chat, identity=identity, defaults={"message_count": 1, "last_message_at": now}
-        )
-        if not created:  # a message in another worker got there first
-            TelegramChatMember.objects.filter(pk=member.pk).update(
-                message_count=F("message_count") + 1, last_message_at=now, updated_at=now
-            )
+    member = TelegramChatMember.objects.filter(chat=chat, identity=identity)
+    one_more = {"message_count": F("message_count") + 1, "last_message_at": now, "updated_at": now}
+    if not member.update(**one_more):  # their first message here
+        try:
+            with transaction.atomic():
+                TelegramChatMember.objects.create(
+                    chat=chat, identity=identity, message_count=1, last_message_at=now
+                )
+        except IntegrityError:  # a message in another worker got there first
+            member.update(**one_more)
     if chat.blocked_at:
         TelegramChat.objects.filter(pk=chat.pk).update(
             blocked_at=None, blocked_reason="", updated_at=now
