@@ -17,7 +17,8 @@ Only 127.0.0.1 is ever contacted.
   wall = first post -> the fake Bot API received the last chat's answer.
 
 Reported per path: parallelism = N x S / wall (goal: >= 20 at N=40, >= 100 at N=200), failures,
-exactly-once answers, and the resident memory (VmRSS) of the worker process tree.
+exactly-once answers, and the resident memory (VmRSS) of the worker process tree; for Telegram,
+also when the turns' updates were stored, their runs started and ended, and their answers came.
 
 `--scenario kill`: 20 Telegram turns (20 chats) and 20 background runs in flight, the whole
 worker process group is killed with SIGKILL, a new worker is started, and each of the 20
