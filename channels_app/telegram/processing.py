@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from datetime import timedelta
 
 from agent_framework import Content, Message
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from telegram import Bot, LinkPreviewOptions, ReplyParameters, Update, User
@@ -31,13 +32,13 @@ from telegram.error import (
 from afhost import execution, services
 from afhost.db import db_call
 from afhost.engine import in_engine
-from afhost.leases import give_back, take_lease
+from afhost.leases import give_back, keeper, lease_duration
 from afhost.models import Run
 from afhost.types import ChannelIdentity, ChannelRequest, HostedRunResult
 from channels_app import turns
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
 from channels_app.telegram.rendering import OutgoingText, render_reply
-from channels_app.telegram.selectors import head_is_due, next_update
+from channels_app.telegram.selectors import next_update
 from channels_app.telegram.transport import AiohttpRequest
 from linking import services as linking
 from linking.models import ChannelPolicy, Identity, LinkChallenge
@@ -609,6 +610,37 @@ async def confirm_link(challenge_pk: int) -> None:
             await _send_part(bot, target, part, first=False)
 
 
+def _take_chat_if_due(chat_pk: int) -> str:
+    """Lease the chat if its oldest pending update is due: the lease's owner, or "" (as
+    take_lease, in SQL: the ORM took ~1 ms of Python to build this UPDATE, twice a turn)."""
+    now = timezone.now()
+    owner = secrets.token_hex(8)
+    at = connection.ops.adapt_datetimefield_value
+    params = [owner, at(now + lease_duration()), at(now), chat_pk, at(now)]
+    with connection.cursor() as cursor:
+        cursor.execute(_TAKE_CHAT_SQL, [*params, TelegramUpdate.Status.PENDING, at(now)])
+        if not cursor.rowcount:
+            return ""
+    keeper.hold(TelegramChat, chat_pk, owner)
+    return owner
+
+
+def _take_chat_sql() -> str:
+    chats = connection.ops.quote_name(TelegramChat._meta.db_table)
+    updates = connection.ops.quote_name(TelegramUpdate._meta.db_table)
+    return f"""
+        UPDATE {chats} SET lease_owner = %s, lease_expires_at = %s, updated_at = %s
+        WHERE id = %s AND (lease_expires_at IS NULL OR lease_expires_at < %s)
+            AND (
+                SELECT next_attempt_at FROM {updates}
+                WHERE chat_id = {chats}.id AND status = %s ORDER BY update_id LIMIT 1
+            ) <= %s
+    """  # noqa: S608 (names from the models, values as parameters)
+
+
+_TAKE_CHAT_SQL = _take_chat_sql()
+
+
 async def answer_chat(chat_pk: int) -> None:
     """A worker's job for a chat: answer its pending updates in order, unless another worker
     holds the chat (that one answers them).
@@ -617,7 +649,7 @@ async def answer_chat(chat_pk: int) -> None:
     job turned away, so it is ours to answer.
     """
     # Every update queues its chat; the first job answers them all, so most find nothing due.
-    while lease := await db_call(take_lease)(TelegramChat, chat_pk, where=head_is_due()):
+    while lease := await db_call(_take_chat_if_due)(chat_pk):
         try:
             await drain_chat(chat_pk)
         finally:
