@@ -59,8 +59,8 @@ def _close_connection_pools(django_db_setup, django_db_blocker) -> Iterator[None
 @pytest.fixture(autouse=True)
 def _forget_leases() -> Iterator[None]:
     """Leases a test took on rows its transaction rolls back are not renewed in later tests (nor
-    after the test database is dropped); forgotten before each test too, for work an earlier
-    test left running (a live server's request) that took one after that test ended."""
+    after the test database is dropped); forgotten before each test too, should work an earlier
+    test started take one after that test ended."""
 
     def forget_all() -> None:
         for (model, pk), owner in keeper.held().items():
