@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import connections
+from django.db.models import Model, QuerySet
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Model)
 
 
 async def in_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -107,3 +109,9 @@ def storable(value: Any) -> bool:
             except UnicodeEncodeError:
                 return False
     return True
+
+
+def unique_or_none(rows: QuerySet[M]) -> M | None:
+    """The row a lookup by a unique key finds, or None: `first()` without the ORDER BY it adds,
+    which costs more Python to build than the query takes to run."""
+    return next(iter(rows[:1]), None)

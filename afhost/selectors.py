@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
+from afhost.db import unique_or_none
 from afhost.exceptions import HistoryTooLong, RunNotFound
 from afhost.models import Run, RunEvent
 
@@ -36,7 +37,7 @@ _MESSAGES = Run._meta.get_field("input_messages")
 
 def get_visible_run(*, isolation_key: str, public_id: uuid.UUID) -> Run:
     """The stored run with this id, if the caller with this isolation key may see it."""
-    run = Run.objects.visible_to(isolation_key).filter(public_id=public_id).first()
+    run = unique_or_none(Run.objects.visible_to(isolation_key).filter(public_id=public_id))
     if run is None:
         raise RunNotFound("not found")
     return run

@@ -15,6 +15,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from afhost.db import unique_or_none
 from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunCheckpoint, RunEvent
@@ -87,10 +88,8 @@ def _continuation(request: ChannelRequest) -> _Continuation:
     conversation, whose lease the turn then holds. A conversation another turn is in raises
     ConversationBusy; previous_response_id branches need no lease."""
     if request.previous_run_id is not None:
-        previous = (
-            Run.objects.visible_to(request.isolation_key)
-            .filter(public_id=request.previous_run_id)
-            .first()
+        previous = unique_or_none(
+            Run.objects.visible_to(request.isolation_key).filter(public_id=request.previous_run_id)
         )
         if previous is None:
             raise RunNotFound("previous run not found", param="previous_response_id")
@@ -104,7 +103,7 @@ def _continuation(request: ChannelRequest) -> _Continuation:
         "isolation_key": request.isolation_key,
         "key": request.conversation_key,
     }
-    conversation = _with_head(Conversation.objects.filter(**lookup)).first()
+    conversation = unique_or_none(_with_head(Conversation.objects.filter(**lookup)))
     if conversation is None:
         try:
             return _new_conversation(**lookup)

@@ -43,6 +43,10 @@ class Identity(TimestampedModel):
     last_refused_at = models.DateTimeField(null=True, blank=True)
     last_refusal = models.CharField(max_length=300, blank=True)
 
+    # True on the instance touch_identity has just created, until it is linked: it has no link
+    # and belongs to no chat yet, so a person's first message need not look for them.
+    is_new = False
+
     class Meta:
         verbose_name_plural = "identities"
         constraints = [

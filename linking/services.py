@@ -17,6 +17,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from afhost.db import unique_or_none
 from afhost.registry import channel_names
 from afhost.types import ChannelIdentity
 from linking import rules
@@ -78,6 +79,7 @@ def touch_identity(
     }
     row, created = Identity.objects.get_or_create(**lookup, defaults={**known, "last_seen_at": now})
     if created:
+        row.is_new = True
         return row
     unchanged = all(getattr(row, name) == value for name, value in known.items())
     if unchanged and row.last_seen_at and row.last_seen_at > now - LAST_SEEN_PRECISION:
@@ -139,7 +141,8 @@ class Person:
 
 
 def person_of(identity: Identity) -> Person:
-    grant = LinkGrant.objects.active().filter(identity=identity).first()
+    grants = LinkGrant.objects.active().filter(identity=identity)  # one at most (a constraint)
+    grant = None if identity.is_new else unique_or_none(grants)
     if grant is None:
         return Person(identity, (identity,), None)
     linked = LinkGrant.objects.active().filter(
@@ -240,7 +243,7 @@ def authorize(*, identity: Identity, policy: ChannelPolicy | None | object = UNR
 
 
 def policy_for(channel: str) -> ChannelPolicy | None:
-    return ChannelPolicy.objects.filter(channel=channel).select_related("allowlist").first()
+    return unique_or_none(ChannelPolicy.objects.filter(channel=channel).select_related("allowlist"))
 
 
 # --- the link ceremony -------------------------------------------------------------------------
@@ -405,6 +408,7 @@ def record_token_principal(*, identity: Identity, principal: Principal) -> LinkG
         return grant
     if grant is not None:
         grant.revoke(by="a token of another principal")
+    identity.is_new = False  # it has a link now
     return LinkGrant.objects.create(
         identity=identity,
         tenant_id=principal.tenant_id,

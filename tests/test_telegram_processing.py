@@ -7,6 +7,8 @@ from unittest import mock
 
 import pytest
 from agent_framework import Message
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from afhost.models import Conversation, Run
@@ -125,6 +127,35 @@ def test_turns_and_commands_are_each_counted_once_in_the_chat_members(
     assert member.message_count == 3
     assert TelegramUpdate.objects.filter(counted_at__isnull=True).exists() is False
     assert Run.objects.count() == 2
+
+
+def _statements_answering(telegram_inbox, payload) -> list[str]:
+    telegram_inbox.post(payload)
+    with CaptureQueriesContext(connection) as captured:
+        telegram_inbox.process()
+    return [query["sql"] for query in captured.captured_queries]
+
+
+def test_a_first_message_looks_up_no_link_and_no_membership_of_its_new_author(
+    telegram_inbox, telegram_update
+):
+    # when: a person's first message, then their second
+    first = _statements_answering(telegram_inbox, telegram_update("private_text", text="hi"))
+    second = _statements_answering(telegram_inbox, telegram_update("private_text", text="again"))
+
+    # then: only the second looks for their link and their membership of the chat
+    def touching(statements: list[str], table: str) -> list[str]:
+        return [sql for sql in statements if f'"{table}"' in sql]
+
+    assert touching(first, "linking_linkgrant") == []
+    assert [sql.split()[0] for sql in touching(first, "channels_app_telegramchatmember")] == [
+        "INSERT"
+    ]
+    assert [sql.split()[0] for sql in touching(second, "linking_linkgrant")] == ["SELECT"]
+    assert [sql.split()[0] for sql in touching(second, "channels_app_telegramchatmember")] == [
+        "UPDATE"
+    ]
+    assert TelegramChatMember.objects.get().message_count == 2
 
 
 def test_an_answer_follows_a_group_that_became_a_supergroup(

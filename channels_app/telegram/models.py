@@ -92,7 +92,8 @@ class TelegramUpdate(TimestampedModel):
 
     class Meta:
         indexes = [
-            # Used by services.next_update and the sweeper: a chat's pending updates in order.
+            # Used to lease a chat (processing._take_next_update) and by the sweeper: a chat's
+            # pending updates in order.
             models.Index(
                 fields=["chat", "update_id"],
                 condition=models.Q(status="pending"),

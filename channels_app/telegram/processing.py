@@ -38,7 +38,6 @@ from afhost.types import ChannelIdentity, ChannelRequest, HostedRunResult
 from channels_app import turns
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
 from channels_app.telegram.rendering import OutgoingText, render_reply
-from channels_app.telegram.selectors import next_update
 from channels_app.telegram.transport import AiohttpRequest
 from linking import services as linking
 from linking.models import ChannelPolicy, Identity, LinkChallenge
@@ -211,7 +210,11 @@ def _count_member(chat: TelegramChat, identity: Identity) -> None:
     now = timezone.now()
     member = TelegramChatMember.objects.filter(chat=chat, identity=identity)
     one_more = {"message_count": F("message_count") + 1, "last_message_at": now, "updated_at": now}
-    if not member.update(**one_more):  # their first message here
+    if identity.is_new:  # a member of no chat yet (and this one is leased to us)
+        TelegramChatMember.objects.create(
+            chat=chat, identity=identity, message_count=1, last_message_at=now
+        )
+    elif not member.update(**one_more):  # their first message here
         try:
             with transaction.atomic():
                 TelegramChatMember.objects.create(
@@ -610,19 +613,26 @@ async def confirm_link(challenge_pk: int) -> None:
             await _send_part(bot, target, part, first=False)
 
 
-def _take_chat_if_due(chat_pk: int) -> str:
-    """Lease the chat if its oldest pending update is due: the lease's owner, or "" (as
-    take_lease, in SQL: the ORM took ~1 ms of Python to build this UPDATE, twice a turn)."""
+def _take_next_update(chat_pk: int) -> tuple[str, TelegramUpdate] | None:
+    """Lease the chat if its oldest pending update is due: the lease and that update, read with
+    its chat; or None. (As take_lease, but in SQL: the ORM took ~1 ms of Python to build this
+    UPDATE, and as long again to order the chat's pending updates in a second query.)"""
     now = timezone.now()
     owner = secrets.token_hex(8)
     at = connection.ops.adapt_datetimefield_value
-    params = [owner, at(now + lease_duration()), at(now), chat_pk, at(now)]
+    pending = TelegramUpdate.Status.PENDING
+    params = [owner, at(now + lease_duration()), at(now), chat_pk, at(now), pending, at(now)]
     with connection.cursor() as cursor:
-        cursor.execute(_TAKE_CHAT_SQL, [*params, TelegramUpdate.Status.PENDING, at(now)])
-        if not cursor.rowcount:
-            return ""
+        cursor.execute(_TAKE_CHAT_SQL, [*params, pending])
+        taken = cursor.fetchone()
+    if taken is None:
+        return None
     keeper.hold(TelegramChat, chat_pk, owner)
-    return owner
+    try:
+        return owner, TelegramUpdate.objects.select_related("chat").get(pk=taken[0])
+    except BaseException:
+        give_back(TelegramChat, chat_pk, owner)
+        raise
 
 
 def _take_chat_sql() -> str:
@@ -635,46 +645,56 @@ def _take_chat_sql() -> str:
                 SELECT next_attempt_at FROM {updates}
                 WHERE chat_id = {chats}.id AND status = %s ORDER BY update_id LIMIT 1
             ) <= %s
+        RETURNING (
+            SELECT id FROM {updates}
+            WHERE chat_id = {chats}.id AND status = %s ORDER BY update_id LIMIT 1
+        )
     """  # noqa: S608 (names from the models, values as parameters)
 
 
 _TAKE_CHAT_SQL = _take_chat_sql()
 
 
-async def answer_chat(chat_pk: int) -> None:
-    """A worker's job for a chat: answer its pending updates in order, unless another worker
-    holds the chat (that one answers them).
+def _end_attempt(
+    chat_pk: int, lease: str, update: TelegramUpdate, outcome: tuple[str, str] | str
+) -> None:
+    """Store the attempt's end, the update's status and note (a tuple) or a failed attempt's
+    error (a string), and give the chat back."""
+    try:
+        if isinstance(outcome, str):
+            update.record_failure(outcome)
+        else:
+            status, note = outcome
+            update.finish(status=status, error=note, sent_parts=update.sent_parts)
+    finally:
+        give_back(TelegramChat, chat_pk, lease)
 
-    After giving the chat back, look once more: an update that arrived while we held it had its
-    job turned away, so it is ours to answer.
+
+async def answer_chat(chat_pk: int) -> None:
+    """A worker's job for a chat: answer its pending updates oldest first, unless another worker
+    holds the chat (that one answers them); stop at one that must wait for a retry.
+
+    The chat is leased for one update at a time, and only while its oldest pending update is
+    due: an update that arrived while it was held had its job turned away, so it is answered
+    in the next round. A failed attempt (Telegram unreachable, even for the bot's own getMe)
+    counts against the update it was for, which then waits for its retry.
     """
     # Every update queues its chat; the first job answers them all, so most find nothing due.
-    while lease := await db_call(_take_chat_if_due)(chat_pk):
-        try:
-            await drain_chat(chat_pk)
-        finally:
-            await db_call(give_back)(TelegramChat, chat_pk, lease)
-
-
-async def drain_chat(chat_pk: int) -> None:
-    """Answer the chat's pending updates oldest first; stop at one that must wait for a retry.
-
-    A failed attempt (Telegram unreachable, even for the bot's own getMe) counts against the
-    update it was for.
-    """
     async with job_bot() as bot:
-        while (update := await db_call(next_update)(chat_pk=chat_pk)) is not None:
-            if update.next_attempt_at > timezone.now():
-                return
+        while taken := await db_call(_take_next_update)(chat_pk):
+            lease, update = taken
+            outcome: tuple[str, str] | str
             try:
                 await bot.initialize()  # getMe, the first time
-                status, note = await handle_update(bot, update)
+                outcome = await handle_update(bot, update)
             except Exception as exc:
                 logger.exception(
                     "telegram update %s failed (attempt %d)", update.update_id, update.attempts + 1
                 )
-                await db_call(update.record_failure)(f"{type(exc).__name__}: {exc}")
-                return
-            await db_call(update.finish)(status=status, error=note, sent_parts=update.sent_parts)
-            if note:
-                logger.info("telegram update %s %s: %s", update.update_id, status, note)
+                outcome = f"{type(exc).__name__}: {exc}"
+            except BaseException:  # cancelled (the worker stopping): it stays pending
+                await db_call(give_back)(TelegramChat, chat_pk, lease)
+                raise
+            await db_call(_end_attempt)(chat_pk, lease, update, outcome)
+            if isinstance(outcome, tuple) and outcome[1]:
+                logger.info("telegram update %s %s: %s", update.update_id, *outcome)
