@@ -154,7 +154,7 @@ class Updates:
         self.next_update_id = FIRST_UPDATE_ID
         self.next_chat_id = FIRST_CHAT_ID
         self.samples: dict[tuple[int, str], Sample] = {}
-        self.seen = 0  # sendMessage calls looked at so far
+        self.seen = 0  # the fake's calls looked at so far
         self.unmatched: list[str] = []
         self.failed_sends = 0
 
@@ -177,8 +177,11 @@ class Updates:
         return sample
 
     def collect(self) -> None:
-        calls = self.fake.calls_to("sendMessage")
-        for call in calls[self.seen :]:
+        calls = self.fake.calls_after(self.seen)
+        self.seen += len(calls)
+        for call in calls:
+            if call.method != "sendMessage":
+                continue
             if call.failed:
                 self.failed_sends += 1
                 continue
@@ -189,7 +192,6 @@ class Updates:
                 self.unmatched.append(text[:120])
             else:
                 sample.answers.append(call.at)
-        self.seen = len(calls)
 
     def wait_answered(self, samples: list[Sample], timeout: float) -> bool:
         deadline = time.monotonic() + timeout

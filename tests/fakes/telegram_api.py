@@ -418,6 +418,12 @@ class FakeTelegramApi:
         with self._cond:
             return [call for call in self._calls if call.method == method]
 
+    def calls_after(self, count: int) -> list[Call]:
+        """The calls recorded after the first `count` (a poller's new ones, without copying
+        every call each time)."""
+        with self._cond:
+            return self._calls[count:]
+
     def sent_texts(self, chat_id: int | str | None = None) -> list[str]:
         """Texts of successful ``sendMessage`` calls, optionally only those to ``chat_id``."""
         wanted = _normalize_int("chat_id", chat_id)
