@@ -141,8 +141,9 @@ class Person:
 
 
 def person_of(identity: Identity) -> Person:
-    grants = LinkGrant.objects.active().filter(identity=identity)  # one at most (a constraint)
-    grant = None if identity.is_new else unique_or_none(grants)
+    grant = None
+    if not identity.is_new:  # one at most (a constraint)
+        grant = unique_or_none(LinkGrant.objects.active().filter(identity=identity))
     if grant is None:
         return Person(identity, (identity,), None)
     linked = LinkGrant.objects.active().filter(

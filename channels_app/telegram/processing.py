@@ -208,20 +208,25 @@ def _author(message: TgMessage) -> ChannelIdentity:
 def _count_member(chat: TelegramChat, identity: Identity) -> None:
     """Count a message of `identity` in the chat's members; the chat is reachable again."""
     now = timezone.now()
-    member = TelegramChatMember.objects.filter(chat=chat, identity=identity)
-    one_more = {"message_count": F("message_count") + 1, "last_message_at": now, "updated_at": now}
     if identity.is_new:  # a member of no chat yet (and this one is leased to us)
         TelegramChatMember.objects.create(
             chat=chat, identity=identity, message_count=1, last_message_at=now
         )
-    elif not member.update(**one_more):  # their first message here
-        try:
-            with transaction.atomic():
-                TelegramChatMember.objects.create(
-                    chat=chat, identity=identity, message_count=1, last_message_at=now
-                )
-        except IntegrityError:  # a message in another worker got there first
-            member.update(**one_more)
+    else:
+        member = TelegramChatMember.objects.filter(chat=chat, identity=identity)
+        one_more = {
+            "message_count": F("message_count") + 1,
+            "last_message_at": now,
+            "updated_at": now,
+        }
+        if not member.update(**one_more):  # their first message here
+            try:
+                with transaction.atomic():
+                    TelegramChatMember.objects.create(
+                        chat=chat, identity=identity, message_count=1, last_message_at=now
+                    )
+            except IntegrityError:  # a message in another worker got there first
+                member.update(**one_more)
     if chat.blocked_at:
         TelegramChat.objects.filter(pk=chat.pk).update(
             blocked_at=None, blocked_reason="", updated_at=now
