@@ -2,18 +2,20 @@
 fake Bot API on loopback records what Telegram would have received."""
 
 import asyncio
+import threading
+import time
 from datetime import timedelta
 from unittest import mock
 
 import pytest
 from agent_framework import Message
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from afhost.models import Conversation, Run
 from channels_app.telegram.models import TelegramChat, TelegramChatMember, TelegramUpdate
-from channels_app.telegram.processing import make_bot
+from channels_app.telegram.processing import _take_next_update, make_bot
 from linking.models import Identity
 
 PRIVATE = 1111111
@@ -605,3 +607,56 @@ def test_a_busy_bot_has_no_more_calls_in_flight_than_it_has_connections(telegram
     assert all(
         later - first >= 0.15 for first, later in zip(arrivals[:-2], arrivals[2:], strict=True)
     )
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's READ COMMITTED re-check of a row"
+)
+@pytest.mark.django_db(transaction=True)
+def test_a_chat_taken_as_its_last_answer_is_stored_yields_its_next_update_not_that_one():
+    # given: a worker whose lease on the chat ran out is ending its first update; the next one
+    # is pending
+    chat = TelegramChat.objects.create(
+        chat_id=PRIVATE,
+        kind="private",
+        lease_owner="a",
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    answered, following = (
+        TelegramUpdate.objects.create(chat=chat, update_id=update_id, payload={})
+        for update_id in (1, 2)
+    )
+    locked, stored = threading.Event(), threading.Event()
+
+    def other_worker() -> None:
+        """Gives the chat back and stores the first update's end, in one transaction that ends
+        while this test's take waits for the chat's row (after its statement began)."""
+        try:
+            with transaction.atomic():
+                TelegramChat.objects.filter(pk=chat.pk).update(
+                    lease_owner="", lease_expires_at=None
+                )
+                locked.set()
+                with connection.cursor() as cursor:
+                    for _ in range(500):  # until the take waits for the row
+                        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                        if cursor.fetchone()[0]:
+                            break
+                        time.sleep(0.01)
+                TelegramUpdate.objects.filter(pk=answered.pk).update(status="processed")
+        finally:
+            stored.set()
+            connection.close()
+
+    worker = threading.Thread(target=other_worker)
+    worker.start()
+    assert locked.wait(5)
+
+    # when
+    taken = _take_next_update(chat.pk)
+    worker.join(10)
+
+    # then: the update still pending, not the one answered as the take waited
+    assert stored.is_set()
+    assert taken is not None
+    assert taken[1].pk == following.pk

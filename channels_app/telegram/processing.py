@@ -30,7 +30,7 @@ from telegram.error import (
 )
 
 from afhost import execution, services
-from afhost.db import db_call
+from afhost.db import db_call, unique_or_none
 from afhost.engine import in_engine
 from afhost.leases import give_back, keeper, lease_duration
 from afhost.models import Run
@@ -622,22 +622,31 @@ def _take_next_update(chat_pk: int) -> tuple[str, TelegramUpdate] | None:
     """Lease the chat if its oldest pending update is due: the lease and that update, read with
     its chat; or None. (As take_lease, but in SQL: the ORM took ~1 ms of Python to build this
     UPDATE, and as long again to order the chat's pending updates in a second query.)"""
-    now = timezone.now()
-    owner = secrets.token_hex(8)
-    at = connection.ops.adapt_datetimefield_value
     pending = TelegramUpdate.Status.PENDING
-    params = [owner, at(now + lease_duration()), at(now), chat_pk, at(now), pending, at(now)]
-    with connection.cursor() as cursor:
-        cursor.execute(_TAKE_CHAT_SQL, [*params, pending])
-        taken = cursor.fetchone()
-    if taken is None:
-        return None
-    keeper.hold(TelegramChat, chat_pk, owner)
-    try:
-        return owner, TelegramUpdate.objects.select_related("chat").get(pk=taken[0])
-    except BaseException:
+    at = connection.ops.adapt_datetimefield_value
+    while True:
+        now = timezone.now()
+        owner = secrets.token_hex(8)
+        params = [owner, at(now + lease_duration()), at(now), chat_pk, at(now), pending, at(now)]
+        with connection.cursor() as cursor:
+            cursor.execute(_TAKE_CHAT_SQL, [*params, pending])
+            taken = cursor.fetchone()
+        if taken is None:
+            return None
+        keeper.hold(TelegramChat, chat_pk, owner)
+        try:
+            update = unique_or_none(
+                TelegramUpdate.objects.select_related("chat").filter(pk=taken[0], status=pending)
+            )
+        except BaseException:
+            give_back(TelegramChat, chat_pk, owner)
+            raise
+        if update is not None:
+            return owner, update
+        # Answered meanwhile by a worker whose lease had run out: on PostgreSQL, an UPDATE that
+        # waited for that worker's give-back re-checks the chat's row but reads its updates as
+        # they were when it began. Look again, as of now.
         give_back(TelegramChat, chat_pk, owner)
-        raise
 
 
 def _take_chat_sql() -> str:
