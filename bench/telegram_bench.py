@@ -418,7 +418,7 @@ class Phase:
     seconds: float = 0.0  # posting (burst: first send to last ack)
     answered_in: float = 0.0  # first send to last first-answer
     drained_in: float | None = None  # first send to an empty task queue
-    drains: int = 0  # getMe calls: one per drain_chat (a worker answering a chat's backlog)
+    drains: int = 0  # getMe calls: one per bot a chat's job opens (a worker's engine: one bot)
     # idle: sent -> the worker's sendChatAction ("typing", sent just before the agent runs)
     pickup: list[float] = field(default_factory=list)
     work: list[float] = field(default_factory=list)  # idle: sendChatAction -> sendMessage
@@ -540,7 +540,7 @@ def report(phases: list[Phase], updates: Updates, db: dict, problems: dict[str, 
                 drained += " (+1s pause: Redis's list empties as tasks are taken, not done)"
             notes.append(
                 f"{label}: task queue empty {drained} after the first post; "
-                f"{p.drains} drain_chat runs (getMe) for {len(p.samples)} updates"
+                f"{p.drains} getMe calls for {len(p.samples)} updates"
             )
         else:
             rows.append((f"{label}: ack", stats([s.ack for s in acked]), ""))
