@@ -16,6 +16,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from afhost.db import unique_or_none
 from afhost.models import TimestampedModel, alters_data
 
 
@@ -97,6 +98,13 @@ class Identity(TimestampedModel):
 class LinkGrantQuerySet(models.QuerySet["LinkGrant"]):
     def active(self) -> LinkGrantQuerySet:
         return self.filter(revoked_at__isnull=True)
+
+    def held_by(self, identity: Identity) -> LinkGrant | None:
+        """The identity's active link, if it has one (one at most: a constraint); an identity
+        created by this request has none, and is not looked up."""
+        if identity.is_new:
+            return None
+        return unique_or_none(self.active().filter(identity=identity))
 
 
 class LinkGrant(TimestampedModel):

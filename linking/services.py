@@ -141,9 +141,7 @@ class Person:
 
 
 def person_of(identity: Identity) -> Person:
-    grant = None
-    if not identity.is_new:  # one at most (a constraint)
-        grant = unique_or_none(LinkGrant.objects.active().filter(identity=identity))
+    grant = LinkGrant.objects.held_by(identity)
     if grant is None:
         return Person(identity, (identity,), None)
     linked = LinkGrant.objects.active().filter(
@@ -338,7 +336,7 @@ def redeem_challenge(*, pk: int, session_key: str, principal: Principal) -> Link
         if not redeemed:
             raise LinkRefused("This link has expired or was already used. Ask for a new one.")
         challenge = LinkChallenge.objects.select_related("identity").get(pk=pk)
-        current = LinkGrant.objects.active().filter(identity=challenge.identity).first()
+        current = LinkGrant.objects.held_by(challenge.identity)
         refused = (
             current is not None
             and current.object_id != principal.object_id
@@ -387,7 +385,7 @@ def _link(
 
 def unlink(*, identity: Identity, by: str) -> LinkGrant | None:
     """Revoke the identity's link, if it has one; the next message is decided without it."""
-    grant = LinkGrant.objects.active().filter(identity=identity).first()
+    grant = LinkGrant.objects.held_by(identity)
     if grant is not None and grant.revoke(by=by):
         return grant
     return None
@@ -397,7 +395,7 @@ def record_token_principal(*, identity: Identity, principal: Principal) -> LinkG
     """Keep the link of an identity that authenticates with an Entra access token (an API
     caller) to its principal, with the token's claims, so it is one person with that principal's
     other linked identities."""
-    grant = LinkGrant.objects.active().filter(identity=identity).first()
+    grant = LinkGrant.objects.held_by(identity)
     if grant is not None and grant.object_id == principal.object_id:
         if grant.claims != dict(principal.claims) or grant.upn != principal.upn:
             grant.claims, grant.upn, grant.name = (
