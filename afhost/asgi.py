@@ -15,6 +15,7 @@ django_application = get_asgi_application()
 
 from django.urls import reverse  # noqa: E402
 
+from afhost import heap  # noqa: E402
 from afhost.checks import require_runtime_settings  # noqa: E402 (needs Django set up)
 from afhost.handlers import ApiHandler, guard  # noqa: E402
 from channels_app.invocations.consumers import InvocationsConsumer  # noqa: E402
@@ -61,3 +62,6 @@ async def application(scope, receive, send):
         await telegram_webhook_application(scope, receive, send)
         return
     await django_application(scope, receive, send)
+
+
+heap.settle()

@@ -107,3 +107,17 @@ def test_a_current_sqlite_or_postgresql_passes_the_check(monkeypatch, engine):
     monkeypatch.setitem(settings.DATABASES["default"], "ENGINE", engine)
 
     assert checks.check_sqlite_version(None) == []
+
+
+def test_the_server_freezes_what_start_up_built_and_collects_young_objects_less_often():
+    # when
+    server = _python(
+        "import gc; import afhost.asgi; from afhost.demo import agent; "
+        "print(any(o is agent for o in gc.get_objects()), gc.get_threshold()[0])",
+        DEBUG="false",
+        SECRET_KEY="test",
+    )
+
+    # then: the target, loaded at start-up, is no longer walked by the collector
+    assert server.returncode == 0, server.stderr
+    assert server.stdout.split() == ["False", "7000"]

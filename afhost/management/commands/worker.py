@@ -22,6 +22,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django_q.cluster import Cluster
 
+from afhost import heap
+
 logger = logging.getLogger(__name__)
 
 # How long stopping may take before the process exits regardless.
@@ -34,6 +36,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018 (django-q2 signs tasks with it: fail now, not later)
         cluster = Cluster()
+        heap.settle()  # before the cluster forks its processes, which then share what it froze
         received: queue.SimpleQueue[int] = queue.SimpleQueue()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda signum, frame: received.put(signum))
