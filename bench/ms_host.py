@@ -7,7 +7,9 @@ Runs only in the separate benchmark venv (.bench-venv), never in the project's o
 It answers what afhost's demo agent answers to a first message, so both send the same text:
 blocking creates get the whole text at once, streaming creates get it word by word, as the
 demo agent streams it. Responses are stored with the host's default store (files under
-AGENTSERVER_STATE_ROOT). The server is the host's own: `.run()`, Hypercorn, PORT env var.
+AGENTSERVER_STATE_ROOT). The bench serves `bench.ms_host:app` behind the same ASGI server as
+afhost; run as a script, as above, it is served by the host's own `.run()` (Hypercorn, on the
+PORT env var).
 """
 
 from __future__ import annotations

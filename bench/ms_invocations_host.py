@@ -9,7 +9,9 @@ The agent is the very object afhost hosts by default (`afhost.demo.agent`), impo
 checkout. The demo reads one Django setting, AFHOST_DEMO_TOKEN_DELAY, when it streams; Django
 settings are configured with just that (from the environment, as afhost reads it), so the module
 imports without the rest of afhost. Sessions live in the host's default store (files under
-AGENTSERVER_STATE_ROOT). The server is the host's own: `.run()`, Hypercorn, PORT env var.
+AGENTSERVER_STATE_ROOT). The bench serves `bench.ms_invocations_host:app` behind the same ASGI
+server as afhost; run as a script, as above, it is served by the host's own `.run()` (Hypercorn,
+on the PORT env var).
 """
 
 from __future__ import annotations

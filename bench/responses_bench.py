@@ -5,18 +5,21 @@ Three servers, started together in this one run and loaded one at a time, in rou
 
 1. afhost (this project) with its built-in demo agent, storing every run in the database;
 2. a bare ASGI endpoint (bench/bare_app.py) behind the same ASGI server as afhost;
-3. Microsoft's `azure-ai-agentserver-responses` host (bench/ms_host.py) on its own Hypercorn,
-   from a separate virtualenv (.bench-venv, created here if missing); for Invocations, its
-   Agent Framework host (`agent-framework-foundry-hosting`, bench/ms_invocations_host.py) around
+3. Microsoft's `azure-ai-agentserver-responses` host (bench/ms_host.py) behind the same ASGI
+   server as afhost (or, with --microsoft-server own, its own `.run()`, Hypercorn), from a
+   separate virtualenv (.bench-venv, created here if missing); for Invocations, its Agent
+   Framework host (`agent-framework-foundry-hosting`, bench/ms_invocations_host.py) around
    afhost's own demo agent.
 
 Each is measured for blocking creates and for streaming (SSE) creates, with `wrk` (or a small
 asyncio client when wrk is missing), once per round; figures are medians over the rounds, and
-each ratio is the median of the ratios within a round. Only 127.0.0.1 is ever contacted. See
+each ratio is the median of the ratios within a round. Before the first round, every server is
+warmed up for --first-warmup seconds per mode (Microsoft's host answers its first few thousand
+creates several times slower than later ones). Only 127.0.0.1 is ever contacted. See
 bench/README.md.
 
     .venv/bin/python bench/responses_bench.py [--protocol responses|invocations]
-        [--server uvicorn|daphne] [--rounds 3]
+        [--server uvicorn|daphne] [--microsoft-server same|own] [--rounds 3]
         [--database-url postgresql://postgres@127.0.0.1:5432/bench]
 
 This is a benchmark, not a test: it exits 0 whatever the figures (non-zero only when it could
@@ -434,8 +437,20 @@ class Target:
     port: int
 
 
-def server_cmd(server: str, app: str, port: int) -> list[str]:
-    bindir = ROOT / ".venv" / "bin"
+def pinned(*names: str) -> list[str]:
+    """The project's pins (requirements.txt) of these packages, to install them elsewhere."""
+    pins = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    return [pin for pin in pins if pin.split("==")[0].lower() in names]
+
+
+SERVER_PACKAGES = {
+    "uvicorn": pinned("uvicorn", "httptools", "uvloop"),
+    "daphne": pinned("daphne", "twisted"),
+}
+
+
+def server_cmd(server: str, app: str, port: int, *, venv: Path = ROOT / ".venv") -> list[str]:
+    bindir = venv / "bin"
     if server == "uvicorn":
         return [
             str(bindir / "uvicorn"),
@@ -536,15 +551,21 @@ def bare_target(args, workdir: Path) -> Target:
 
 
 def ensure_bench_venv(
-    *, profiler: bool = False, protocol: Protocol = PROTOCOLS["responses"]
+    *,
+    profiler: bool = False,
+    protocol: Protocol = PROTOCOLS["responses"],
+    server: str | None = None,
 ) -> Path:
-    """The separate venv for Microsoft's host of `protocol` (and py-spy): created and filled
+    """The separate venv for Microsoft's host of `protocol` (with the ASGI `server` afhost runs
+    under, at the project's pins, if it is to serve it too) and py-spy: created and filled
     when missing."""
     python = BENCH_VENV / "bin" / "python"
     if not python.exists():
         print(f"  creating {BENCH_VENV.relative_to(ROOT)} ...")
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
     probes = protocol.microsoft_packages
+    if server is not None:
+        probes += ((server, tuple(SERVER_PACKAGES[server])),)
     missing: list[str] = []
     for module, packages in probes:
         found = (
@@ -566,7 +587,8 @@ def ensure_bench_venv(
 
 
 def microsoft_target(args, workdir: Path) -> Target:
-    python = ensure_bench_venv(protocol=args.protocol)
+    own = args.microsoft_server == "own"
+    python = ensure_bench_venv(protocol=args.protocol, server=None if own else args.server)
     port = free_port()
     state = workdir / "agentserver-state"
     state.mkdir(exist_ok=True)
@@ -581,12 +603,17 @@ def microsoft_target(args, workdir: Path) -> Target:
         "AFHOST_DEMO_TOKEN_DELAY": "0",
         "PYTHONUNBUFFERED": "1",
     }
+    script = ROOT / "bench" / args.protocol.microsoft_script
+    if own:  # its own .run(): Hypercorn, on the PORT of its environment
+        cmd = [str(python), str(script)]
+    else:
+        cmd = server_cmd(args.server, f"bench.{script.stem}:app", port, venv=BENCH_VENV)
     return Target(
         name="microsoft",
-        label="microsoft (hypercorn, file store)",
+        label=f"microsoft ({'hypercorn' if own else args.server}, file store)",
         path=args.protocol.microsoft_path,
         headers={},
-        cmd=[str(python), str(ROOT / "bench" / args.protocol.microsoft_script)],
+        cmd=cmd,
         env=env,
         port=port,
     )
@@ -633,8 +660,9 @@ def measure(server: Running, mode: str, round_: int, args, workdir: Path, load) 
         "connections": args.connections,
         "workdir": workdir,
     }
-    if args.warmup > 0:
-        load(seconds=args.warmup, **common)
+    warmup = args.first_warmup if round_ == 1 else args.warmup
+    if warmup > 0:
+        load(seconds=warmup, **common)
     raw = load(seconds=args.duration, **common)
     result = Result(
         target=target.name, mode=mode, round=round_, rps=raw["requests"] / raw["seconds"], **raw
@@ -653,8 +681,9 @@ def start_profiler(pid: int, args, workdir: Path) -> subprocess.Popen:
     out = Path(args.profile).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     # It samples only while afhost holds the GIL, so the other servers' turns add nothing.
-    cases = args.rounds * len(args.modes) * len(args.targets)
-    seconds = cases * (args.warmup + args.duration) + 10
+    per_round = len(args.modes) * len(args.targets)
+    first_round_extra = per_round * max(0, args.first_warmup - args.warmup)
+    seconds = per_round * args.rounds * (args.warmup + args.duration) + first_round_extra + 10
     cmd = [
         str(BENCH_VENV / "bin" / "py-spy"),
         "record",
@@ -770,6 +799,13 @@ def main(argv: list[str] | None = None) -> int:
         help="ASGI server for afhost and the bare app (default: uvicorn)",
     )
     parser.add_argument(
+        "--microsoft-server",
+        choices=("same", "own"),
+        default="same",
+        help="Microsoft's host behind the same ASGI server as afhost (default), or behind its "
+        "own .run() (Hypercorn), as measured until 2026-12-01",
+    )
+    parser.add_argument(
         "--database-url",
         default="",
         help="afhost's DATABASE_URL (default: a fresh SQLite file in a temp dir)",
@@ -788,6 +824,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--duration", type=float, default=5, help="measured seconds per case")
     parser.add_argument("--warmup", type=float, default=1, help="warm-up seconds per case")
+    parser.add_argument(
+        "--first-warmup",
+        type=float,
+        default=10,
+        help="warm-up seconds per case in the first round, when every server is new",
+    )
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument(
         "--targets",
@@ -835,7 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _raise_interrupt)
     print(
         f"{args.protocol.name} bench: {client}, {args.connections} connections, "
-        f"{args.rounds} round(s) of {args.warmup:g}s warm-up + {args.duration:g}s per case; "
+        f"{args.rounds} round(s) of {args.warmup:g}s warm-up (the first: {args.first_warmup:g}s) "
+        f"+ {args.duration:g}s per case; "
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs"
     )
