@@ -124,8 +124,6 @@ def test_a_writer_with_nothing_left_to_write_gives_its_connection_back():
     closed_after_write = threading.Event()
 
     def close_all():
-        if threading.current_thread() is not writer._thread:  # another test's writer
-            return
         log.append("close")
         if "write" in log:
             closed_after_write.set()
@@ -141,31 +139,6 @@ def test_a_writer_with_nothing_left_to_write_gives_its_connection_back():
     # then
     assert closed
     assert log[-2:] == ["write", "close"]
-
-
-def test_a_writer_keeps_its_connection_between_batches_that_come_within_a_second():
-    # given
-    writer = RunWriter()
-    log: list[str] = []
-
-    def close_all() -> None:
-        if threading.current_thread() is writer._thread:  # not the other tests' writers
-            log.append("close")
-
-    async def two_batches() -> None:
-        await writer.finish(_prepared("first"), DONE, [])
-        await asyncio.sleep(0.2)
-        await writer.finish(_prepared("second"), DONE, [])
-
-    # when
-    with (
-        mock.patch("afhost.services.store_runs", side_effect=lambda **kwargs: log.append("write")),
-        mock.patch("afhost.writer.connections.close_all", side_effect=close_all),
-    ):
-        asyncio.run(two_batches())
-
-    # then: no reconnection between the two
-    assert log == ["write", "write"]
 
 
 def test_a_run_that_cannot_be_stored_fails_alone_not_the_runs_written_with_it():
