@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, router
 from django.db.models import Model, QuerySet
 
 T = TypeVar("T")
@@ -115,3 +115,43 @@ def unique_or_none(rows: QuerySet[M]) -> M | None:
     """The row a lookup by a unique key finds, or None: `first()` without the ORDER BY it adds,
     which costs more Python to build than the query takes to run."""
     return next(iter(rows[:1]), None)
+
+
+def insert_rows(objs: Sequence[M]) -> None:
+    """Insert new rows of one model, many per statement, and give each object its primary key:
+    `bulk_create` for objects whose fields hold plain values (no expressions, no conflicts).
+
+    Each value is converted as bulk_create converts it (`pre_save`, `get_db_prep_save`) and
+    the statement goes through Django's cursor (its logging and error wrapping); what is left
+    out is the SQL compiler's generality, which costs more Python per value than the conversion
+    itself. The run writer inserts every stored foreground run with it.
+    """
+    if not objs:
+        return
+    opts = type(objs[0])._meta
+    connection = connections[router.db_for_write(type(objs[0]))]
+    fields = [
+        field
+        for field in opts.concrete_fields
+        if not field.generated and field is not opts.auto_field
+    ]
+    qn = connection.ops.quote_name
+    insert = f"INSERT INTO {qn(opts.db_table)} ({', '.join(qn(field.column) for field in fields)})"
+    returning = f"RETURNING {qn(opts.pk.column)}"
+    row = f"({', '.join(['%s'] * len(fields))})"
+    size = connection.ops.bulk_batch_size(fields, objs)
+    for start in range(0, len(objs), size):
+        batch = objs[start : start + size]
+        for obj in batch:
+            obj._prepare_related_fields_for_save(operation_name="insert_rows")
+        params = [
+            field.get_db_prep_save(field.pre_save(obj, True), connection)
+            for obj in batch
+            for field in fields
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(f"{insert} VALUES {', '.join([row] * len(batch))} {returning}", params)
+            pks = [pk for (pk,) in cursor.fetchall()]
+        for obj, pk in zip(batch, pks, strict=True):
+            obj.pk = pk
+            obj._state.adding, obj._state.db = False, connection.alias

@@ -15,7 +15,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from afhost.db import unique_or_none
+from afhost.db import insert_rows, unique_or_none
 from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState, RunNotFound
 from afhost.leases import give_back, keeper, lease_duration, take_lease
 from afhost.models import ApiKey, Conversation, Run, RunCheckpoint, RunEvent
@@ -521,9 +521,7 @@ def store_runs(
         for name, value in run_outcome(result=result, output_items=output_items).items():
             setattr(entry.run, name, value)
         entry.run.lease_owner, entry.run.lease_expires_at = "", None
-    Run.objects.bulk_create(
-        [entry.run for entry in started] + [entry.run for entry, _, _ in inserted_finished]
-    )
+    insert_rows([entry.run for entry in started] + [entry.run for entry, _, _ in inserted_finished])
     for entry, _, _ in inserted_finished:
         _end_turn(entry, moved_on=True)
     for entry, result, output_items in later:

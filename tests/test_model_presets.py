@@ -122,7 +122,7 @@ def test_the_demo_agent_stays_the_default_when_nothing_is_set():
     )
 
     # then
-    assert result.stdout.split() == ["afhost.demo:agent", "Agent", "afhost-demo"]
+    assert result.stdout.split() == ["afhost.demo:agent", "RawAgent", "afhost-demo"]
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ from unittest import mock
 
 import pytest
 from agent_framework import Message
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from afhost import services
 from afhost.models import Conversation, Run
@@ -174,3 +176,42 @@ def test_a_run_that_cannot_be_stored_fails_alone_not_the_runs_written_with_it():
     ]
     assert set(Run.objects.values_list("pk", flat=True)) == {entry.run.pk for entry in good}
     assert bad.run.pk is None
+
+
+def test_a_batch_is_inserted_as_bulk_create_would_in_as_many_statements_as_the_database_needs():
+    # given: runs in a conversation, after a previous run, some finished, more than one
+    # statement holds
+    first = _prepared("first")
+    services.store_runs(started=[], finished=[(first, DONE, [{"type": "message"}])])
+    conversation = Conversation.objects.create(channel="responses", isolation_key="k", key="c")
+    started = [_prepared(f"run {i}", metadata={"n": i}) for i in range(7)]
+    for entry in started:
+        entry.run.conversation, entry.run.previous_run = conversation, first.run
+    ending, going_on = started[:4], started[4:]
+
+    # when
+    with mock.patch.object(connection.ops, "bulk_batch_size", return_value=3):
+        with CaptureQueriesContext(connection) as queries:
+            services.store_runs(
+                started=going_on,
+                finished=[(entry, DONE, [{"type": "message"}]) for entry in ending],
+            )
+
+    # then
+    inserts = [query for query in queries if query["sql"].startswith("INSERT")]
+    assert len(inserts) == 3
+    for entry in started:
+        assert not entry.run._state.adding
+        stored = Run.objects.get(pk=entry.run.pk)
+        assert (stored.public_id, stored.conversation, stored.previous_run) == (
+            entry.run.public_id,
+            conversation,
+            first.run,
+        )
+        assert stored.metadata == entry.run.metadata
+        assert stored.input_messages == entry.run.input_messages
+        assert stored.created_at == entry.run.created_at is not None
+    assert [Run.objects.get(pk=entry.run.pk).status for entry in started] == ["completed"] * 4 + [
+        "in_progress"
+    ] * 3
+    assert Run.objects.get(pk=ending[0].run.pk).output_items == [{"type": "message"}]
