@@ -135,23 +135,21 @@ async def start_turn(request: ChannelRequest, *, large: bool = False, wait: floa
     """
     deadline = time.monotonic() + wait
     while True:
+        # Decided once: looked at again, an admission that ran out in between would send the
+        # caller's lookup to the event loop.
+        admitted = _admitted_lately(request.identity)
         try:
-            if (
-                large
-                or request.background
-                or request.continues_conversation
-                or not _admitted_lately(request.identity)
-            ):
-                return await in_thread(_start_turn, request)
-            return _start_turn(request)
+            if large or request.background or request.continues_conversation or not admitted:
+                return await in_thread(_start_turn, request, admitted=admitted)
+            return _start_turn(request, admitted=True)
         except ConversationBusy:
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(execution.CONVERSATION_WAIT)
 
 
-def _start_turn(request: ChannelRequest) -> Turn:
-    if not _admitted_lately(request.identity):
+def _start_turn(request: ChannelRequest, *, admitted: bool) -> Turn:
+    if not admitted:
         _, outcome = admit(request.identity, verified_claims=request.verified_claims)
         if not isinstance(outcome, Allowed):
             raise TurnRefused(outcome)

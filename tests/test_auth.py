@@ -2,9 +2,10 @@ import asyncio
 from unittest import mock
 
 import pytest
+from django.test import AsyncClient
 
 from afhost.services import create_api_key
-from channels_app import auth
+from channels_app import auth, turns
 from channels_app.exceptions import ApiError
 
 
@@ -76,3 +77,26 @@ def test_a_user_id_too_long_for_the_partition_is_kept_as_its_digest():
     assert len(isolation_key) <= 300
     assert isolation_key.startswith(f"api:key.{api_key.public_id}:user-sha256.")
     assert isolation_key != _identity_of(raw_key, **{"x-agent-user-id": "b" * 256})
+
+
+@pytest.mark.django_db(transaction=True)  # the caller is admitted in a thread of its own
+def test_a_caller_whose_admission_runs_out_as_its_request_starts_is_admitted_again():
+    # given: a caller admitted lately, whose admission runs out right after it is looked at
+    _, raw_key = create_api_key(name="busy")
+    lately = iter([True, False])
+
+    async def create():
+        return await AsyncClient().post(
+            "/v1/responses",
+            {"model": "demo", "input": "hello"},
+            content_type="application/json",
+            headers={"authorization": f"Bearer {raw_key}"},
+        )
+
+    # when
+    with mock.patch.object(turns, "_admitted_lately", side_effect=lambda who: next(lately, False)):
+        response = asyncio.run(create())
+
+    # then: answered, not failed by a lookup on the event loop
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "completed"
