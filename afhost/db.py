@@ -143,7 +143,7 @@ def insert_rows(objs: Sequence[M]) -> None:
     for start in range(0, len(objs), size):
         batch = objs[start : start + size]
         for obj in batch:
-            obj._prepare_related_fields_for_save(operation_name="insert_rows")
+            obj._prepare_related_fields_for_save(operation_name="insert_rows")  # type: ignore[attr-defined]
         params = [
             field.get_db_prep_save(field.pre_save(obj, True), connection)
             for obj in batch

@@ -11,6 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from afhost import services
+from afhost.db import insert_rows
 from afhost.models import Conversation, Run
 from afhost.types import ChannelIdentity, ChannelRequest, HostedRunResult
 from afhost.writer import RunWriter
@@ -215,3 +216,16 @@ def test_a_batch_is_inserted_as_bulk_create_would_in_as_many_statements_as_the_d
         "in_progress"
     ] * 3
     assert Run.objects.get(pk=ending[0].run.pk).output_items == [{"type": "message"}]
+
+
+def test_a_run_whose_conversation_was_never_saved_is_refused_not_inserted_without_it():
+    # given
+    entry = _prepared("orphan")
+    entry.run.conversation = Conversation(channel="responses", isolation_key="k", key="unsaved")
+
+    # when
+    with pytest.raises(ValueError, match="unsaved related object 'conversation'"):
+        insert_rows([entry.run])
+
+    # then
+    assert not Run.objects.exists()
