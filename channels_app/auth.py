@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest
 
 from afhost.db import in_thread
 from afhost.models import ApiKey, hash_api_key
@@ -91,6 +92,18 @@ def _load_key(key_hash: str) -> ApiKey | None:
     else:
         _key_cache[key_hash] = (api_key, time.monotonic() + settings.AFHOST_API_KEY_CACHE_SECONDS)
     return api_key
+
+
+# Where the API routes' gate leaves the caller it authenticated, in the request's ASGI scope.
+SCOPE_CALLER = "afhost.api_caller"
+
+
+async def request_caller(request: HttpRequest) -> ApiCaller:
+    """The caller of an API request: the one the gate authenticated from the request's headers
+    before its body was read (channels_app.views.ApiGate), or, for a request that did not come
+    through the gate (Django's test client), the one its headers authenticate now."""
+    caller = getattr(request, "scope", {}).get(SCOPE_CALLER)
+    return caller if caller is not None else await authenticate(request.headers)
 
 
 async def authenticate(headers: Mapping[str, str]) -> ApiCaller:

@@ -11,7 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 
 from afhost.handlers import declared_length
-from channels_app.auth import authenticate
+from channels_app.auth import SCOPE_CALLER, authenticate
 from channels_app.exceptions import ApiError, api_endpoint, unavailable
 
 API_PREFIXES = ("/v1/", "/responses", "/invocations")
@@ -21,7 +21,7 @@ class ApiGate:
     """What the API routes refuse before reading a body (afhost.handlers.guard): a caller
     without a valid key or access token (401) or naming users it may not (400, 403), and a body
     declared over AFHOST_MAX_REQUEST_BYTES (413). A key lookup and a token's signing keys are
-    cached, so the view's own check costs no I/O."""
+    cached, and the caller it lets in is handed to the view (`auth.request_caller`)."""
 
     @property
     def max_body_bytes(self) -> int:
@@ -29,7 +29,7 @@ class ApiGate:
 
     async def check(self, scope: dict, headers: Mapping[str, str]) -> HttpResponse | None:
         try:
-            await authenticate(headers)
+            scope[SCOPE_CALLER] = await authenticate(headers)
         except ApiError as exc:
             return exc.response()
         except OperationalError:

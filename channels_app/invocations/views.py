@@ -23,7 +23,7 @@ from afhost.exceptions import ConversationBusy, InvalidRunState, RunNotFound
 from afhost.models import Run
 from afhost.types import ChannelRequest
 from channels_app import turns
-from channels_app.auth import ApiCaller, authenticate, check_response_target
+from channels_app.auth import ApiCaller, check_response_target, request_caller
 from channels_app.exceptions import ApiError, api_endpoint, not_found, refused
 from channels_app.invocations.channel import InvocationsChannel
 from channels_app.invocations.rendering import (
@@ -87,7 +87,7 @@ async def start(request: ChannelRequest, *, wait: bool = True) -> turns.Turn:
 
 @api_endpoint("POST")
 async def invocation_create(request: HttpRequest) -> HttpResponseBase:
-    caller = await authenticate(request.headers)
+    caller = await request_caller(request)
     invocation_id = issued_id(request.headers.get(INVOCATION_ID))
     session = session_for(request.GET.get("agent_session_id"))
     try:
@@ -167,7 +167,7 @@ async def _invocation(caller: ApiCaller, invocation_id: str) -> Run:
 @api_endpoint("GET")
 async def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpResponseBase:
     """A long-running (or any stored) invocation's status, and its output once it has one."""
-    caller = await authenticate(request.headers)
+    caller = await request_caller(request)
     try:
         response = JsonResponse(invocation_status(await _invocation(caller, invocation_id)))
     except ApiError as exc:
@@ -177,7 +177,7 @@ async def invocation_detail(request: HttpRequest, invocation_id: str) -> HttpRes
 
 @api_endpoint("POST")
 async def invocation_cancel(request: HttpRequest, invocation_id: str) -> HttpResponseBase:
-    caller = await authenticate(request.headers)
+    caller = await request_caller(request)
     try:
         response = JsonResponse(await _cancel(caller, invocation_id))
     except ApiError as exc:

@@ -15,7 +15,7 @@ from afhost.exceptions import ConversationBusy, HistoryTooLong, InvalidRunState,
 from afhost.models import Run
 from afhost.types import ChannelRequest
 from channels_app import turns
-from channels_app.auth import ApiCaller, authenticate, check_response_target
+from channels_app.auth import ApiCaller, check_response_target, request_caller
 from channels_app.exceptions import ApiError, api_endpoint, not_found, refused
 from channels_app.responses.channel import ResponsesChannel
 from channels_app.responses.rendering import input_items, response_object, sse_stream
@@ -89,7 +89,7 @@ def _parse_create(body: bytes, caller: ApiCaller) -> tuple[CreateResponse, Chann
 @api_endpoint("POST")
 async def response_create(request: HttpRequest) -> HttpResponseBase:
     """Create a response: blocking (JSON), streamed (SSE), or queued for a worker (background)."""
-    caller = await authenticate(request.headers)
+    caller = await request_caller(request)
     body = request.body
     large = len(body) > turns.INLINE_BODY_BYTES
     if large:
@@ -146,7 +146,7 @@ async def _visible_run(caller: ApiCaller, response_id: str) -> Run:
 
 @api_endpoint("GET", "DELETE")
 async def response_detail(request: HttpRequest, response_id: str) -> HttpResponseBase:
-    caller = await authenticate(request.headers)
+    caller = await request_caller(request)
     run = await _visible_run(caller, response_id)
     if request.method == "DELETE":
         try:
@@ -183,7 +183,7 @@ async def response_detail(request: HttpRequest, response_id: str) -> HttpRespons
 
 @api_endpoint("POST")
 async def response_cancel(request: HttpRequest, response_id: str) -> HttpResponseBase:
-    caller = await authenticate(request.headers)
+    caller = await request_caller(request)
     run = await _visible_run(caller, response_id)
     try:
         run = await in_thread(services.cancel_run, run=run)
@@ -198,7 +198,7 @@ async def response_cancel(request: HttpRequest, response_id: str) -> HttpRespons
 
 @api_endpoint("GET")
 async def response_input_items(request: HttpRequest, response_id: str) -> HttpResponseBase:
-    caller = await authenticate(request.headers)
+    caller = await request_caller(request)
     run = await _visible_run(caller, response_id)
     order = request.GET.get("order", "desc")
     if order not in ("asc", "desc"):
@@ -258,13 +258,13 @@ def _model_object() -> dict:
 async def model_list(request: HttpRequest) -> HttpResponseBase:
     """The one model this server answers as: the hosted agent (any `model` a create names is
     answered by it)."""
-    await authenticate(request.headers)
+    await request_caller(request)
     return JsonResponse({"object": "list", "data": [_model_object()]})
 
 
 @api_endpoint("GET")
 async def model_detail(request: HttpRequest, model_id: str) -> HttpResponseBase:
-    await authenticate(request.headers)
+    await request_caller(request)
     model = _model_object()
     if model_id != model["id"]:
         raise ApiError(
