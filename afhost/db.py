@@ -9,7 +9,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.db.models import Model, QuerySet
 
 T = TypeVar("T")
@@ -121,10 +121,10 @@ def insert_rows(objs: Sequence[M]) -> None:
     """Insert new rows of one model, many per statement, and give each object its primary key:
     `bulk_create` for objects whose fields hold plain values (no expressions, no conflicts).
 
-    Each value is converted as bulk_create converts it (`pre_save`, `get_db_prep_save`) and
-    the statement goes through Django's cursor (its logging and error wrapping); what is left
-    out is the SQL compiler's generality, which costs more Python per value than the conversion
-    itself. The run writer inserts every stored foreground run with it.
+    Each value is converted as bulk_create converts it (`pre_save`, `get_db_prep_save`), the
+    statements commit together, and each goes through Django's cursor (its logging and error
+    wrapping); what is left out is the SQL compiler's generality, which costs more Python per
+    value than the conversion itself. The run writer inserts every stored foreground run with it.
     """
     if not objs:
         return
@@ -140,18 +140,21 @@ def insert_rows(objs: Sequence[M]) -> None:
     returning = f"RETURNING {qn(opts.pk.column)}"
     row = f"({', '.join(['%s'] * len(fields))})"
     size = connection.ops.bulk_batch_size(fields, objs)
-    for start in range(0, len(objs), size):
-        batch = objs[start : start + size]
-        for obj in batch:
-            obj._prepare_related_fields_for_save(operation_name="insert_rows")  # type: ignore[attr-defined]
-        params = [
-            field.get_db_prep_save(field.pre_save(obj, True), connection)
-            for obj in batch
-            for field in fields
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(f"{insert} VALUES {', '.join([row] * len(batch))} {returning}", params)
-            pks = [pk for (pk,) in cursor.fetchall()]
-        for obj, pk in zip(batch, pks, strict=True):
-            obj.pk = pk
-            obj._state.adding, obj._state.db = False, connection.alias
+    with transaction.atomic(using=connection.alias, savepoint=False):
+        for start in range(0, len(objs), size):
+            batch = objs[start : start + size]
+            for obj in batch:
+                obj._prepare_related_fields_for_save(operation_name="insert_rows")  # type: ignore[attr-defined]
+            params = [
+                field.get_db_prep_save(field.pre_save(obj, True), connection)
+                for obj in batch
+                for field in fields
+            ]
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"{insert} VALUES {', '.join([row] * len(batch))} {returning}", params
+                )
+                pks = [pk for (pk,) in cursor.fetchall()]
+            for obj, pk in zip(batch, pks, strict=True):
+                obj.pk = pk
+                obj._state.adding, obj._state.db = False, connection.alias

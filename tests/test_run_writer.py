@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 from agent_framework import Message
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.test.utils import CaptureQueriesContext
 
 from afhost import services
@@ -226,6 +226,20 @@ def test_a_run_whose_conversation_was_never_saved_is_refused_not_inserted_withou
     # when
     with pytest.raises(ValueError, match="unsaved related object 'conversation'"):
         insert_rows([entry.run])
+
+    # then
+    assert not Run.objects.exists()
+
+
+def test_rows_inserted_in_several_statements_are_kept_all_or_none():
+    # given: two runs, one statement each, the second refused by the database
+    first, second = _prepared("first"), _prepared("second")
+    second.run.public_id = first.run.public_id
+
+    # when
+    with mock.patch.object(connection.ops, "bulk_batch_size", return_value=1):
+        with pytest.raises(IntegrityError):
+            insert_rows([first.run, second.run])
 
     # then
     assert not Run.objects.exists()
