@@ -70,7 +70,10 @@ class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
         return self.filter(revoked_at__isnull=True)
 
     def for_raw_key(self, raw_key: str) -> ApiKey | None:
-        return self.active().filter(key_hash=hash_api_key(raw_key)).first()
+        return self.for_key_hash(hash_api_key(raw_key))
+
+    def for_key_hash(self, key_hash: str) -> ApiKey | None:
+        return self.active().filter(key_hash=key_hash).first()
 
 
 class ApiKey(TimestampedModel):

@@ -86,7 +86,7 @@ def _cached_key(key_hash: str) -> ApiKey | None:
 
 
 def _load_key(key_hash: str) -> ApiKey | None:
-    api_key = ApiKey.objects.active().filter(key_hash=key_hash).first()
+    api_key = ApiKey.objects.for_key_hash(key_hash)
     if api_key is None:
         _key_cache.pop(key_hash, None)
     else:
