@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models.functions import Cast, Length
 from django.utils import timezone
 
+from afhost.db import unique_or_none
+
 RESPONSE_ID_PREFIX = "resp_"
 
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -73,7 +75,7 @@ class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
         return self.for_key_hash(hash_api_key(raw_key))
 
     def for_key_hash(self, key_hash: str) -> ApiKey | None:
-        return self.active().filter(key_hash=key_hash).first()
+        return unique_or_none(self.active().filter(key_hash=key_hash))
 
 
 class ApiKey(TimestampedModel):
