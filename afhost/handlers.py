@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from asgiref.sync import markcoroutinefunction
 from django.conf import settings
@@ -95,31 +95,36 @@ class ApiHandler(ASGIHandler):
         if request is None:  # create_request gives a request or an error response
             raise RequestAborted
 
-        async def process_request() -> HttpResponseBase:
-            response = await self.run_get_response(request)
-            with contextlib.suppress(asyncio.CancelledError):  # the client left while sending
-                await self.send_response(response, send)
-            return response
+        # As Django does: a client that disconnects cancels the view (a stream stops). The view
+        # runs in this task, not in one of its own raced against the listener by asyncio.wait,
+        # which costs two more tasks and a wait: some 7 µs, 2 % of a stored create.
+        task = cast(asyncio.Task, asyncio.current_task())  # an ASGI request runs in a task
+        answering = True
 
-        # As Django does: a client that disconnects cancels the view (a stream stops).
-        answer = asyncio.create_task(process_request())
-        tasks = [asyncio.create_task(self.listen_for_disconnect(receive)), answer]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                with contextlib.suppress(RequestAborted):
-                    task.result()
-            else:
+        def on_disconnect(listener: asyncio.Task) -> None:
+            if answering and not listener.cancelled():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        listener.add_done_callback(on_disconnect)
+        response = None
         try:
-            response = answer.result()
+            response = await self.run_get_response(request)
+            await self.send_response(response, send)
         except asyncio.CancelledError:
+            if not listener.done() or listener.cancelled():
+                raise  # cancelled from outside (the server is stopping), not by on_disconnect
+            task.uncancel()
+            with contextlib.suppress(RequestAborted):
+                listener.result()
+        finally:
+            answering = False
+            listener.cancel()
+            body_file.close()
+        if response is None:
             signals.request_finished.send(sender=self.__class__)
         else:
             response.close()
-        body_file.close()
 
 
 # --- Guarding request bodies -------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""Django's handler for the machine routes (afhost.handlers.ApiHandler): a client that leaves
+cancels the view, as under Django's own handler, and so does a server that stops."""
+
+import asyncio
+import gc
+import json
+
+import pytest
+
+from afhost.handlers import ApiHandler
+from afhost.models import Run
+
+
+def _scope(raw_key: str, body: bytes) -> dict:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/responses",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {raw_key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+
+
+class Client:
+    """The ASGI side of one request: sends its body, then leaves when `leave` is set."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.leave = asyncio.Event()
+        self.sent: list[dict] = []
+
+    async def receive(self) -> dict:
+        if self.body is not None:
+            body, self.body = self.body, None
+            return {"type": "http.request", "body": body}
+        await self.leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+
+
+def _create(raw_key: str, text: str) -> tuple[dict, Client]:
+    body = json.dumps({"model": "demo", "input": text}).encode()
+    return _scope(raw_key, body), Client(body)
+
+
+async def _until_running() -> None:
+    while not await Run.objects.filter(status=Run.Status.IN_PROGRESS).aexists():  # noqa: ASYNC110 (a row another thread writes)
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.django_db(transaction=True)  # the run is stored from a thread of its own
+def test_a_client_that_leaves_a_blocking_create_cancels_its_run(api_key_factory):
+    # given: a create whose agent takes 5 s
+    _, raw_key = api_key_factory()
+    scope, client = _create(raw_key, "sleep 5")
+
+    async def request():
+        await ApiHandler()(scope, client.receive, client.send)
+        return asyncio.current_task().cancelling()
+
+    async def scenario():
+        answer = asyncio.create_task(request())
+        await _until_running()
+        client.leave.set()
+        return await asyncio.wait_for(answer, 3)
+
+    # when
+    cancelling = asyncio.run(scenario())
+
+    # then: the handler returned at once, answering nothing, its task not left cancelling;
+    # the run is stored as cancelled
+    assert client.sent == []
+    assert cancelling == 0
+    assert Run.objects.get().status == Run.Status.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_server_that_stops_cancels_the_view(api_key_factory):
+    # given
+    _, raw_key = api_key_factory()
+    scope, client = _create(raw_key, "sleep 5")
+
+    async def scenario():
+        answer = asyncio.create_task(ApiHandler()(scope, client.receive, client.send))
+        await _until_running()
+        answer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(answer, 3)
+
+    # when
+    asyncio.run(scenario())
+
+    # then: the cancellation went on to the server; the run is stored as cancelled
+    assert Run.objects.get().status == Run.Status.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_client_that_leaves_once_answered_is_no_error(api_key_factory):
+    # given: a client that hangs up as the last byte of its answer is sent
+    _, raw_key = api_key_factory()
+    scope, client = _create(raw_key, "hello")
+    send = client.send
+
+    async def send_then_leave(message: dict) -> None:
+        await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            client.leave.set()
+            await asyncio.sleep(0)  # the disconnect is heard before the handler ends
+
+    errors = []
+
+    async def scenario():
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: errors.append(context)
+        )
+        await ApiHandler()(scope, client.receive, send_then_leave)
+        await asyncio.sleep(0.05)
+        gc.collect()  # an exception nobody retrieved would be reported here
+
+    # when
+    asyncio.run(scenario())
+
+    # then: answered; the disconnect cancelled nothing, and went unhandled nowhere
+    assert client.sent[0]["status"] == 200
+    assert json.loads(client.sent[1]["body"])["status"] == "completed"
+    assert errors == []
