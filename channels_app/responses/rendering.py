@@ -77,13 +77,13 @@ def response_object(
     output: list[dict] | None = None,
     result: HostedRunResult | None = None,
 ) -> dict:
-    """The run as an OpenAI `Response`; streams render it mid-run with the keyword overrides."""
-    return _whole_seconds(_dump(_response(run, status=status, output=output, result=result)))
+    """The run as an OpenAI `Response`; streams render it mid-run with the keyword overrides.
 
-
-def _response(
-    run: Run, *, status: str | None, output: list[dict] | None, result: HostedRunResult | None
-) -> Response:
+    Built as the JSON object itself, not validated through the SDK's model and dumped again:
+    every value is ours (the output items too, built here), and that round trip cost more than
+    the rest of rendering a blocking create. tests/test_responses_rendering.py holds every
+    shape to the SDK's `Response`; a stream's events are still built with its types.
+    """
     status = status or run.status
     usage, error, finish_reason = run.usage, run.error, run.finish_reason
     completed_at = run.completed_at.timestamp() if run.completed_at else None
@@ -91,43 +91,40 @@ def _response(
         usage, error, finish_reason = result.usage, result.error, result.finish_reason
         completed_at = time.time()
     attributes = run.attributes
-    return Response.model_validate(
-        {
-            "id": response_id(run.public_id),
-            "object": "response",
-            "created_at": int(run.created_at.timestamp()),
-            "completed_at": int(completed_at)
-            if completed_at and status == Run.Status.COMPLETED
-            else None,
-            "status": status,
-            "background": run.is_background,
-            "model": run.model or "afhost",
-            "instructions": run.instructions or None,
-            "metadata": run.metadata,
-            "output": [
-                _output_item(item) for item in (run.output_items if output is None else output)
-            ],
-            "parallel_tool_calls": False,
-            "tool_choice": "auto",
-            "tools": [],
-            "temperature": run.options.get("temperature"),
-            "top_p": run.options.get("top_p"),
-            "max_output_tokens": run.options.get("max_tokens"),
-            "previous_response_id": attributes.get("previous_response_id"),
-            "conversation": {"id": attributes["conversation"]}
-            if attributes.get("conversation")
-            else None,
-            "user": attributes.get("user"),
-            "safety_identifier": attributes.get("safety_identifier"),
-            "store": run.is_stored,
-            "truncation": run.truncation,
-            "usage": _usage(usage) if usage and status in Run.TERMINAL_STATUSES else None,
-            "error": error if status == Run.Status.FAILED else None,
-            "incomplete_details": {"reason": finish_reason}
-            if status == Run.Status.INCOMPLETE and finish_reason
-            else None,
-        }
-    )
+    fields = {
+        "id": response_id(run.public_id),
+        "object": "response",
+        "created_at": int(run.created_at.timestamp()),
+        "completed_at": int(completed_at)
+        if completed_at and status == Run.Status.COMPLETED
+        else None,
+        "status": status,
+        "background": run.is_background,
+        "model": run.model or "afhost",
+        "instructions": run.instructions or None,
+        "metadata": run.metadata,
+        "output": run.output_items if output is None else output,
+        "parallel_tool_calls": False,
+        "tool_choice": "auto",
+        "tools": [],
+        "temperature": run.options.get("temperature"),
+        "top_p": run.options.get("top_p"),
+        "max_output_tokens": run.options.get("max_tokens"),
+        "previous_response_id": attributes.get("previous_response_id"),
+        "conversation": {"id": attributes["conversation"]}
+        if attributes.get("conversation")
+        else None,
+        "user": attributes.get("user"),
+        "safety_identifier": attributes.get("safety_identifier"),
+        "store": run.is_stored,
+        "truncation": run.truncation,
+        "usage": _usage(usage) if usage and status in Run.TERMINAL_STATUSES else None,
+        "error": error if status == Run.Status.FAILED else None,
+        "incomplete_details": {"reason": finish_reason}
+        if status == Run.Status.INCOMPLETE and finish_reason
+        else None,
+    }
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _usage(usage: dict) -> dict:
@@ -294,8 +291,9 @@ class ResponsesRenderer:
     def _lifecycle(
         self, event_type: type, status: str, result: HostedRunResult | None = None
     ) -> dict:
-        response = _response(self.run, status=status, output=self.items, result=result)
-        event = self._event(event_type, response=response)
+        response = response_object(self.run, status=status, output=self.items, result=result)
+        response["output"] = [_output_item(item) for item in response["output"]]
+        event = self._event(event_type, response=Response.model_validate(response))
         _whole_seconds(event["response"])
         return event
 
