@@ -1,13 +1,15 @@
 """Django's handler for the machine routes (afhost.handlers.ApiHandler): a client that leaves
-cancels the view, as under Django's own handler, and so does a server that stops."""
+cancels the view, as under Django's own handler, and so does a server that stops; the request
+signals reach every receiver but Django's own tidying, which has nothing to do there."""
 
 import asyncio
 import gc
 import json
 
 import pytest
+from django.core import signals
 
-from afhost.handlers import ApiHandler
+from afhost.handlers import ApiHandler, others_listen
 from afhost.models import Run
 
 
@@ -131,3 +133,39 @@ def test_a_client_that_leaves_once_answered_is_no_error(api_key_factory):
     assert client.sent[0]["status"] == 200
     assert json.loads(client.sent[1]["body"])["status"] == "completed"
     assert errors == []
+
+
+def test_only_djangos_tidying_hears_the_request_signals_here():
+    # Django's own receivers have nothing to tidy on the event loop: the API skips them
+    assert not others_listen(signals.request_started)
+    assert not others_listen(signals.request_finished)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.django_db(transaction=True)
+def test_a_receiver_of_the_request_signals_hears_every_api_request(api_key_factory, kind):
+    # given: a receiver of both signals, of a project's own
+    _, raw_key = api_key_factory()
+    heard = []
+
+    def receiver(signal, **kwargs):
+        heard.append(signal)
+
+    async def async_receiver(signal, **kwargs):
+        heard.append(signal)
+
+    listening = receiver if kind == "sync" else async_receiver
+    scope, client = _create(raw_key, "hello")
+    for signal in (signals.request_started, signals.request_finished):
+        signal.connect(listening)
+
+    # when
+    try:
+        asyncio.run(ApiHandler()(scope, client.receive, client.send))
+    finally:
+        for signal in (signals.request_started, signals.request_finished):
+            signal.disconnect(listening)
+
+    # then: answered, and heard once each, as Django's own handler would send them
+    assert client.sent[0]["status"] == 200
+    assert heard == [signals.request_started, signals.request_finished]
