@@ -9,6 +9,7 @@ from afhost.services import create_api_key
 from channels_app import auth, turns
 from channels_app.exceptions import ApiError
 from channels_app.views import ApiGate
+from tests.asgi import CreateCall
 
 
 @pytest.fixture(autouse=True)
@@ -109,37 +110,13 @@ def test_the_api_gate_hands_the_caller_it_let_in_to_the_view():
     # given: the API routes' application, as afhost.asgi serves them
     api_key, raw_key = create_api_key(name="gated")
     application = guard(ApiHandler(), ApiGate())
-    body = b'{"model": "demo", "input": "hello"}'
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/responses",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Bearer {raw_key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
-    sent = []
-
-    async def create():
-        messages = [{"type": "http.request", "body": body}]
-
-        async def receive():
-            return messages.pop(0) if messages else await asyncio.Event().wait()
-
-        async def send(message):
-            sent.append(message)
-
-        await application(scope, receive, send)
+    client = CreateCall(raw_key, "hello")
 
     # when
     with mock.patch("channels_app.auth.hash_api_key", wraps=auth.hash_api_key) as hashed:
-        asyncio.run(create())
+        asyncio.run(application(client.scope, client.receive, client.send))
 
     # then: answered, its key checked once
-    assert sent[0]["status"] == 200
-    assert scope[auth.SCOPE_CALLER].api_key == api_key
+    assert client.sent[0]["status"] == 200
+    assert client.scope[auth.SCOPE_CALLER].api_key == api_key
     assert hashed.call_count == 1

@@ -11,45 +11,7 @@ from django.core import signals
 
 from afhost.handlers import ApiHandler, others_listen
 from afhost.models import Run
-
-
-def _scope(raw_key: str, body: bytes) -> dict:
-    return {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/responses",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Bearer {raw_key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
-
-
-class Client:
-    """The ASGI side of one request: sends its body, then leaves when `leave` is set."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.leave = asyncio.Event()
-        self.sent: list[dict] = []
-
-    async def receive(self) -> dict:
-        if self.body is not None:
-            body, self.body = self.body, None
-            return {"type": "http.request", "body": body}
-        await self.leave.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: dict) -> None:
-        self.sent.append(message)
-
-
-def _create(raw_key: str, text: str) -> tuple[dict, Client]:
-    body = json.dumps({"model": "demo", "input": text}).encode()
-    return _scope(raw_key, body), Client(body)
+from tests.asgi import CreateCall
 
 
 async def _until_running() -> None:
@@ -61,10 +23,10 @@ async def _until_running() -> None:
 def test_a_client_that_leaves_a_blocking_create_cancels_its_run(api_key_factory):
     # given: a create whose agent takes 5 s
     _, raw_key = api_key_factory()
-    scope, client = _create(raw_key, "sleep 5")
+    client = CreateCall(raw_key, "sleep 5")
 
     async def request():
-        await ApiHandler()(scope, client.receive, client.send)
+        await ApiHandler()(client.scope, client.receive, client.send)
         return asyncio.current_task().cancelling()
 
     async def scenario():
@@ -87,10 +49,10 @@ def test_a_client_that_leaves_a_blocking_create_cancels_its_run(api_key_factory)
 def test_a_server_that_stops_cancels_the_view(api_key_factory):
     # given
     _, raw_key = api_key_factory()
-    scope, client = _create(raw_key, "sleep 5")
+    client = CreateCall(raw_key, "sleep 5")
 
     async def scenario():
-        answer = asyncio.create_task(ApiHandler()(scope, client.receive, client.send))
+        answer = asyncio.create_task(ApiHandler()(client.scope, client.receive, client.send))
         await _until_running()
         answer.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -107,7 +69,7 @@ def test_a_server_that_stops_cancels_the_view(api_key_factory):
 def test_a_client_that_leaves_once_answered_is_no_error(api_key_factory):
     # given: a client that hangs up as the last byte of its answer is sent
     _, raw_key = api_key_factory()
-    scope, client = _create(raw_key, "hello")
+    client = CreateCall(raw_key, "hello")
     send = client.send
 
     async def send_then_leave(message: dict) -> None:
@@ -122,7 +84,7 @@ def test_a_client_that_leaves_once_answered_is_no_error(api_key_factory):
         asyncio.get_running_loop().set_exception_handler(
             lambda loop, context: errors.append(context)
         )
-        await ApiHandler()(scope, client.receive, send_then_leave)
+        await ApiHandler()(client.scope, client.receive, send_then_leave)
         await asyncio.sleep(0.05)
         gc.collect()  # an exception nobody retrieved would be reported here
 
@@ -155,13 +117,13 @@ def test_a_receiver_of_the_request_signals_hears_every_api_request(api_key_facto
         heard.append(signal)
 
     listening = receiver if kind == "sync" else async_receiver
-    scope, client = _create(raw_key, "hello")
+    client = CreateCall(raw_key, "hello")
     for signal in (signals.request_started, signals.request_finished):
         signal.connect(listening)
 
     # when
     try:
-        asyncio.run(ApiHandler()(scope, client.receive, client.send))
+        asyncio.run(ApiHandler()(client.scope, client.receive, client.send))
     finally:
         for signal in (signals.request_started, signals.request_finished):
             signal.disconnect(listening)
